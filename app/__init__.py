@@ -1,0 +1,1 @@
+"""avscene HTTP service: FastAPI routes around ONNX Runtime sessions loaded from the model store."""

@@ -1,0 +1,56 @@
+"""The FastAPI application: ``uvicorn app.main:app``. Models load in the lifespan, never at import."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.errors import install_error_handlers
+from app.limits import UploadLimitMiddleware
+from app.routers import actions, health, models
+from app.service import ServiceState
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# one router per resource; /v1/localization and /v1/separations join here
+ROUTERS = (health.router, models.router, actions.router)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    service = ServiceState(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            await service.start()
+        except BaseException:
+            log.exception("startup failed; the service will not serve")
+            await service.stop()
+            raise
+        log.info("ready: %s", ", ".join(f"{t} v{m.manifest.version}" for t, m in service.models.items()))
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(
+        title="avscene",
+        version="1",
+        summary="Audio-visual scene analysis: actions, sound-source localization, on/off-screen separation.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.service = service
+    install_error_handlers(app)
+    app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    for router in ROUTERS:
+        app.include_router(router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,95 @@
+"""Request and response schemas, named by role."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from model_store.manifest import ClipSpec, Manifest, TensorSpec
+from model_store.runtime import LoadedModel
+
+
+class Problem(BaseModel):
+    """An error (RFC 9457 problem details), sent as ``application/problem+json``."""
+
+    type: str = Field(examples=["urn:avscene:problem:media"])
+    title: str
+    status: int
+    detail: str
+
+
+class ModelRef(BaseModel):
+    """The model that produced a response."""
+
+    task: str
+    name: str
+    version: int
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> ModelRef:
+        return cls(task=manifest.task, name=manifest.name, version=manifest.version)
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float = Field(ge=0, le=1, description="softmax probability")
+
+
+class ActionSegment(BaseModel):
+    start_s: float
+    end_s: float
+    top_k: list[LabelScore]
+
+
+class ActionResponse(BaseModel):
+    """Actions in a video: overall (mean of the windows' probabilities) and per window."""
+
+    model: ModelRef
+    duration_s: float
+    has_audio: bool
+    top_k: list[LabelScore]
+    segments: list[ActionSegment]
+
+
+class ModelInfo(BaseModel):
+    """A loaded model: what it is, how to feed it, how well it did when published."""
+
+    task: str
+    name: str
+    version: int
+    created: datetime
+    providers: list[str]
+    opset: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    labels: list[str]
+    clip: ClipSpec
+    metrics: dict[str, float]
+    metrics_data: str
+
+    @classmethod
+    def of(cls, model: LoadedModel) -> ModelInfo:
+        m = model.manifest
+        return cls(task=m.task, name=m.name, version=m.version, created=m.created, providers=model.providers,
+                   opset=m.opset, inputs=m.inputs, outputs=m.outputs, labels=m.labels, clip=m.clip,
+                   metrics=m.metrics, metrics_data=m.metrics_data)
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class Liveness(BaseModel):
+    status: Literal["alive"] = "alive"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"] = "ready"
+    models: list[ModelRef]
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict]:
+    """OpenAPI ``responses=`` entries for problem+json errors."""
+    return {s: {"model": Problem, "content": {"application/problem+json": {}}} for s in statuses}

@@ -1,0 +1,69 @@
+"""Service settings, read from ``AVSCENE_*`` environment variables (or passed to ``create_app``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Request
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from model_store import DEFAULT_ROOT
+from model_store.manifest import TASKS
+from model_store.runtime import DEFAULT_PROVIDERS
+
+MIB = 1 << 20
+
+
+def _split_list(value: Any) -> Any:
+    """Environment lists may be JSON (``["a","b"]``) or comma-separated (``a,b``)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AVSCENE_", extra="ignore")
+
+    model_root: Path = DEFAULT_ROOT
+    model_alias: str = Field(default="production", description="alias or version number served per task")
+    providers: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_PROVIDERS))
+    intra_op_threads: int = Field(default=0, ge=0, description="ORT intra-op threads; 0 lets ORT choose")
+    max_upload_mb: float = Field(default=200.0, gt=0, description="largest request body, in MiB")
+    max_duration_s: float = Field(default=600.0, gt=0)
+    max_pixels: int = Field(default=3840 * 2160, gt=0, description="largest accepted frame (width x height)")
+    max_batch: int = Field(default=16, ge=1, description="most windows one ONNX run takes")
+    batch_timeout_ms: float = Field(default=5.0, ge=0, description="how long a batch waits for more windows")
+    max_concurrent_decodes: int = Field(default=2, ge=1)
+    tasks: Annotated[list[str] | None, NoDecode] = Field(
+        default=None, description="tasks to load; default: every task published in the store"
+    )
+
+    @field_validator("providers", "tasks", mode="before")
+    @classmethod
+    def _lists_from_env(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        unknown = sorted(set(value) - set(TASKS))
+        if unknown:
+            raise ValueError(f"unknown tasks {unknown}; tasks are {list(TASKS)}")
+        return list(dict.fromkeys(value))
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * MIB)
+
+
+def get_settings(request: Request) -> Settings:
+    """The settings of the app serving this request (dependency)."""
+    return request.app.state.settings

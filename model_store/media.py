@@ -1,0 +1,246 @@
+"""Decode videos with PyAV into the windows a :class:`ClipSpec` asks for.
+
+Training and serving both call :func:`load_windows`, so a served model sees exactly what it was trained on:
+frames sampled at the spec's fps (each target time takes the last frame shown at or before it), resized
+to the spec's size as RGB, audio resampled to mono float32 at the spec's rate and aligned to the first
+video frame, cut into sliding windows that cover the whole video (the last one ends at the video's end).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+from model_store.manifest import ClipSpec
+
+Source = str | Path | bytes
+
+
+class MediaError(ValueError):
+    """The input cannot be used; ``status`` is the HTTP status a service should answer with."""
+
+    status: int = 422
+
+    def __init__(self, detail: str, status: int | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if status is not None:
+            self.status = status
+
+
+@dataclass(frozen=True)
+class MediaLimits:
+    max_duration_s: float = 600.0
+    max_pixels: int = 3840 * 2160
+    max_streams: int = 16
+
+
+@dataclass(frozen=True)
+class ProbeInfo:
+    duration_s: float
+    width: int
+    height: int
+    fps: float
+    video_codec: str
+    has_audio: bool
+    audio_codec: str | None
+    sample_rate: int | None
+    n_streams: int
+
+
+@dataclass
+class Decoded:
+    frames: np.ndarray  # (N, H, W, 3) uint8 at spec fps
+    audio: np.ndarray  # (S,) float32 mono at spec sample rate
+    duration_s: float
+    has_audio: bool
+
+
+@dataclass
+class Windows:
+    video: np.ndarray  # (W, T, H, W, 3) uint8
+    audio: np.ndarray  # (W, S) float32
+    starts_s: np.ndarray  # (W,) float64
+    duration_s: float
+    has_audio: bool
+
+    def __len__(self) -> int:
+        return len(self.starts_s)
+
+
+def _open(source: Source) -> av.container.InputContainer:
+    try:
+        if isinstance(source, bytes | bytearray | memoryview):
+            return av.open(io.BytesIO(bytes(source)), mode="r")
+        return av.open(str(source), mode="r")
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
+        raise MediaError(f"not a decodable media file: {exc}", status=415) from exc
+
+
+def _duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000
+    return None
+
+
+def probe(source: Source, limits: MediaLimits = MediaLimits()) -> ProbeInfo:
+    """Read headers only and enforce ``limits``; raises :class:`MediaError` with a user-facing detail."""
+    with _open(source) as container:
+        return _probe_open(container, limits)
+
+
+def _probe_open(container: av.container.InputContainer, limits: MediaLimits) -> ProbeInfo:
+    streams = container.streams
+    if len(streams) > limits.max_streams:
+        raise MediaError(f"the file has {len(streams)} streams; at most {limits.max_streams} are accepted")
+    if not streams.video:
+        raise MediaError("the file has no video stream", status=422)
+    video = streams.video[0]
+    ctx = video.codec_context
+    width, height = int(ctx.width or 0), int(ctx.height or 0)
+    if width <= 0 or height <= 0:
+        raise MediaError("the video stream has no frame size")
+    if width * height > limits.max_pixels:
+        raise MediaError(f"frames of {width}x{height} exceed the limit of {limits.max_pixels} pixels", status=413)
+    duration = _duration(container, video)
+    if duration is not None and duration > limits.max_duration_s:
+        raise MediaError(
+            f"the video lasts {duration:.1f} s; at most {limits.max_duration_s:.0f} s are accepted", status=413
+        )
+    rate = video.average_rate or video.guessed_rate
+    audio = streams.audio[0] if streams.audio else None
+    return ProbeInfo(
+        duration_s=float(duration) if duration is not None else float("nan"),
+        width=width,
+        height=height,
+        fps=float(rate) if rate else float("nan"),
+        video_codec=ctx.name,
+        has_audio=audio is not None,
+        audio_codec=audio.codec_context.name if audio is not None else None,
+        sample_rate=audio.codec_context.sample_rate if audio is not None else None,
+        n_streams=len(streams),
+    )
+
+
+def decode(source: Source, spec: ClipSpec, limits: MediaLimits = MediaLimits()) -> Decoded:
+    """Probe, then decode the whole file at the spec's fps, size and sample rate."""
+    with _open(source) as container:
+        info = _probe_open(container, limits)
+        vstream = container.streams.video[0]
+        vstream.thread_type = "AUTO"
+        astream = container.streams.audio[0] if info.has_audio else None
+        streams = [vstream] + ([astream] if astream is not None else [])
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=spec.sample_rate)
+
+        step = 1.0 / spec.fps
+        src_rate = vstream.average_rate or vstream.guessed_rate
+        src_step = 1.0 / float(src_rate) if src_rate else step
+        n_src = 0  # source frames decoded so far: the clock for frames without a timestamp
+        frames: list[np.ndarray] = []
+        prev, prev_rgb = None, None
+        t0_video: float | None = None
+        t0_audio: float | None = None
+        audio_chunks: list[np.ndarray] = []
+        last_video_t = 0.0
+        horizon = limits.max_duration_s + 1.0
+
+        def emit_until(t_now: float) -> None:
+            nonlocal prev_rgb
+            # every target time strictly before t_now is shown by `prev`
+            while prev is not None and len(frames) * step < t_now - 1e-6:
+                if prev_rgb is None:
+                    prev_rgb = prev.to_ndarray(width=spec.width, height=spec.height, format="rgb24")
+                frames.append(prev_rgb)
+
+        try:
+            for packet in container.demux(*streams):
+                for frame in packet.decode():
+                    if isinstance(frame, av.VideoFrame):
+                        t = float(frame.time) if frame.time is not None else n_src * src_step
+                        n_src += 1
+                        if t0_video is None:
+                            t0_video = t
+                        rel = t - t0_video
+                        if rel > horizon:
+                            raise MediaError(
+                                f"the video runs past {limits.max_duration_s:.0f} s; longer videos are refused",
+                                status=413,
+                            )
+                        emit_until(rel)
+                        prev, prev_rgb = frame, None
+                        last_video_t = rel
+                    else:
+                        if t0_audio is None:
+                            t0_audio = float(frame.time) if frame.time is not None else 0.0
+                        for out in resampler.resample(frame):
+                            audio_chunks.append(out.to_ndarray().reshape(-1))
+            if astream is not None:
+                for out in resampler.resample(None):
+                    audio_chunks.append(out.to_ndarray().reshape(-1))
+        except av.FFmpegError as exc:
+            raise MediaError(f"the file could not be decoded: {exc}") from exc
+
+        if prev is None:
+            raise MediaError("the video stream holds no decodable frame")
+        duration = last_video_t + src_step
+        emit_until(duration)
+        if not frames:  # shorter than one spec frame
+            frames.append(prev.to_ndarray(width=spec.width, height=spec.height, format="rgb24"))
+
+    n_samples = int(round(duration * spec.sample_rate))
+    audio = np.zeros(n_samples, dtype=np.float32)
+    if audio_chunks:
+        raw = np.concatenate(audio_chunks).astype(np.float32, copy=False)
+        offset = int(round(((t0_audio or 0.0) - (t0_video or 0.0)) * spec.sample_rate))
+        src_start, dst_start = max(0, -offset), max(0, offset)
+        count = max(0, min(len(raw) - src_start, n_samples - dst_start))
+        audio[dst_start : dst_start + count] = raw[src_start : src_start + count]
+        np.clip(audio, -1.0, 1.0, out=audio)
+    return Decoded(frames=np.stack(frames), audio=audio, duration_s=duration, has_audio=bool(audio_chunks))
+
+
+def window_starts(duration_s: float, spec: ClipSpec) -> np.ndarray:
+    """Start times of sliding windows that cover ``[0, duration_s]``; the last window ends at the end."""
+    win, hop = spec.window_s, spec.window_hop_s
+    if duration_s <= win:
+        return np.zeros(1)
+    n = math.ceil((duration_s - win) / hop - 1e-6) + 1
+    starts = np.arange(n) * hop
+    starts[-1] = duration_s - win
+    return starts
+
+
+def cut_windows(decoded: Decoded, spec: ClipSpec) -> Windows:
+    starts = window_starts(decoded.duration_s, spec)
+    n_frames, n_audio = spec.frames, spec.audio_samples
+    video = np.empty((len(starts), n_frames, spec.height, spec.width, 3), dtype=np.uint8)
+    audio = np.zeros((len(starts), n_audio), dtype=np.float32)
+    last = len(decoded.frames) - 1
+    for i, s in enumerate(starts):
+        first = int(round(s * spec.fps))
+        idx = np.minimum(np.arange(first, first + n_frames), last)  # short videos hold their last frame
+        video[i] = decoded.frames[idx]
+        a0 = int(round(s * spec.sample_rate))
+        chunk = decoded.audio[a0 : a0 + n_audio]
+        audio[i, : len(chunk)] = chunk
+    return Windows(video=video, audio=audio, starts_s=starts, duration_s=decoded.duration_s,
+                   has_audio=decoded.has_audio)
+
+
+def load_windows(source: Source, spec: ClipSpec, limits: MediaLimits = MediaLimits()) -> Windows:
+    return cut_windows(decode(source, spec, limits), spec)
+
+
+def normalize_video(video: np.ndarray, spec: ClipSpec) -> np.ndarray:
+    """uint8 (..., T, H, W, 3) -> float32 (..., 3, T, H, W) normalised as the spec says."""
+    x = video.astype(np.float32) * (1.0 / 255.0)
+    x -= np.asarray(spec.pixel_mean, dtype=np.float32)
+    x /= np.asarray(spec.pixel_std, dtype=np.float32)
+    return np.ascontiguousarray(np.moveaxis(x, -1, -4))

@@ -1,0 +1,47 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from training.config import ConfigError, load_config, save_config
+from training.train_action import ActionTrainConfig
+
+
+@dataclass
+class Inner:
+    lr: float = 0.1
+    steps: int = 3
+
+
+@dataclass
+class Outer:
+    name: str = "x"
+    inner: Inner = field(default_factory=Inner)
+    tags: list[str] = field(default_factory=list)
+    limit: int | None = None
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: y\ninner:\n  lr: 1\n")
+    cfg = load_config(Outer, path, ["inner.steps=7", "tags=[a, b]", "limit=4"])
+    assert cfg == Outer(name="y", inner=Inner(lr=1.0, steps=7), tags=["a", "b"], limit=4)
+    assert isinstance(cfg.inner.lr, float)
+
+
+@pytest.mark.parametrize("override", ["inner.nope=1", "nope=1"])
+def test_unknown_keys_rejected(override):
+    with pytest.raises(ConfigError, match="unknown config key"):
+        load_config(Outer, None, [override])
+
+
+def test_wrong_type_and_bad_override_rejected():
+    with pytest.raises(ConfigError):
+        load_config(Outer, None, ["inner.steps=abc"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(Outer, None, ["inner.steps"])
+
+
+def test_saved_config_loads_back(tmp_path):
+    cfg = load_config(ActionTrainConfig, None, ["optim.epochs=2", "data.train=synthav:seed=5,n=8"])
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(ActionTrainConfig, tmp_path / "c.yaml") == cfg

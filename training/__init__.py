@@ -1,0 +1,1 @@
+"""Training package: the SynthAV world, datasets, models, losses, loops, export and evaluation."""

@@ -1,0 +1,134 @@
+"""``python -m training <command>``: synth, train-action, export, evaluate, build-defaults."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from model_store import DEFAULT_ROOT
+
+log = logging.getLogger("training")
+
+EVAL_TASKS = ("action",)
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from training.data import synthav
+
+    if args.kind != "actions":
+        print(f"synth: kind {args.kind!r} is not available yet (actions)", file=sys.stderr)
+        return 2
+    index = synthav.write_action_dataset(args.out, n=args.n, seed=args.seed, progress=True, workers=args.workers)
+    print(index)
+    return 0
+
+
+def _cmd_train_action(args: argparse.Namespace) -> int:
+    from training.config import load_config
+    from training.train_action import ActionTrainConfig, train_action
+
+    config, overrides = _split_config_args(args.config, args.overrides)
+    cfg = load_config(ActionTrainConfig, config, overrides)
+    metrics = train_action(cfg)
+    print(json.dumps({"checkpoint": str(Path(cfg.out) / "best.pt"), **metrics}))
+    return 0
+
+
+def _split_config_args(config: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
+    """``[CONFIG] [key=value ...]``: a first argument with '=' is an override, not a file."""
+    if config is not None and "=" in config:
+        return None, [config, *overrides]
+    return config, list(overrides)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from model_store.registry import ModelStore
+    from training.export import export_checkpoint
+
+    manifest = export_checkpoint(args.checkpoint, ModelStore(args.root), eval_data=args.eval_data,
+                                 alias=args.alias or None)
+    print(json.dumps({"task": manifest.task, "version": manifest.version, "metrics": manifest.metrics}))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from model_store.registry import ModelStore
+    from model_store.runtime import load_model
+    from training.data.datasets import read_records, resolve_data
+    from training.evaluate import decode_eval_set, score_action
+
+    store = ModelStore(args.root)
+    version = int(args.version) if args.version and args.version.isdigit() else args.version
+    model = load_model(store, args.task, version)
+    records = read_records(resolve_data(args.data, args.cache_dir))
+    clips = decode_eval_set(records, model.manifest.clip, model.manifest.labels, progress=not args.quiet)
+    result = {"task": args.task, "version": model.manifest.version, "data": args.data,
+              **score_action(model, clips, zero=args.zero)}
+    if args.zero:
+        result["zeroed"] = args.zero
+    text = json.dumps(result)
+    if args.json and args.json != "-":
+        Path(args.json).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def _cmd_build_defaults(args: argparse.Namespace) -> int:
+    from training.build_defaults import build_defaults
+
+    build_defaults(Path(args.root), tasks=args.tasks.split(","), cache_dir=args.cache_dir)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="render a SynthAV dataset directory")
+    s.add_argument("--kind", default="actions", choices=["actions", "speech"])
+    s.add_argument("--n", type=int, required=True)
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--workers", type=int, default=2, help="rendering processes")
+    s.set_defaults(func=_cmd_synth)
+
+    t = sub.add_parser("train-action", help="train the audio-visual action classifier")
+    t.add_argument("config", nargs="?", help="YAML config (optional)")
+    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.epochs=3")
+    t.set_defaults(func=_cmd_train_action)
+
+    e = sub.add_parser("export", help="ONNX export, checks, publish to the store (new version)")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--root", default=str(DEFAULT_ROOT), help="model store root")
+    e.add_argument("--eval-data", help="score before publishing, e.g. synthav:seed=1000,n=200")
+    e.add_argument("--alias", default="production", help="alias to point at the new version ('' for none)")
+    e.set_defaults(func=_cmd_export)
+
+    v = sub.add_parser("evaluate", help="score a published ONNX model through model_store")
+    v.add_argument("task", choices=EVAL_TASKS)
+    v.add_argument("--data", required=True, help="synthav:seed=S,n=N or a dataset directory/CSV")
+    v.add_argument("--version", default="production", help="version number, alias or 'latest'")
+    v.add_argument("--root", default=str(DEFAULT_ROOT))
+    v.add_argument("--json", help="write the result here too ('-' for stdout only)")
+    v.add_argument("--zero", choices=["video", "audio"], help="feed zeros for one modality")
+    v.add_argument("--cache-dir", default="data/synthav")
+    v.add_argument("-q", "--quiet", action="store_true")
+    v.set_defaults(func=_cmd_evaluate)
+
+    b = sub.add_parser("build-defaults", help="regenerate the shipped default models from scratch")
+    b.add_argument("--root", default=str(DEFAULT_ROOT))
+    b.add_argument("--tasks", default="action")
+    b.add_argument("--cache-dir", default="data/synthav")
+    b.set_defaults(func=_cmd_build_defaults)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    return args.func(args)

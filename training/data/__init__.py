@@ -1,0 +1,1 @@
+"""Data: SynthAV world, dataset readers, noise injection."""

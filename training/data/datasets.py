@@ -1,0 +1,218 @@
+"""AV dataset directories (index.csv), Kinetics-style CSVs and UCF-style class trees, decoded with the
+service's own decoder (:mod:`model_store.media`) into in-memory clips, and torch datasets over their windows.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import re
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from model_store.manifest import ClipSpec
+from model_store.media import Decoded, MediaLimits, cut_windows, decode, normalize_video
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v"}
+
+
+@dataclass
+class Record:
+    video: Path
+    label: str | None = None
+    start_s: float | None = None
+    end_s: float | None = None
+    on_screen: Path | None = None
+    off_screen: Path | None = None
+    boxes: list[list[float]] | None = None
+
+
+@dataclass
+class ClipData:
+    """A decoded clip: frames at the spec's fps and audio at its rate, plus its ground truth."""
+
+    frames: np.ndarray  # (N, H, W, 3) uint8
+    audio: np.ndarray  # (S,) float32
+    duration_s: float
+    label: int
+    extra: dict = field(default_factory=dict)
+
+
+_SYNTH = re.compile(r"^synthav:(.*)$")
+
+
+def parse_synth_spec(spec: str) -> dict[str, int | str] | None:
+    """``synthav:seed=S,n=N[,kind=actions]`` -> dict, or None for a path."""
+    m = _SYNTH.match(spec)
+    if not m:
+        return None
+    out: dict[str, int | str] = {"kind": "actions"}
+    for part in filter(None, m.group(1).split(",")):
+        key, _, value = part.partition("=")
+        if key not in ("seed", "n", "kind"):
+            raise ValueError(f"{spec!r}: unknown key {key!r} (seed, n, kind)")
+        out[key] = value if key == "kind" else int(value)
+    if "seed" not in out or "n" not in out:
+        raise ValueError(f"{spec!r} needs seed= and n=")
+    return out
+
+
+def resolve_data(spec: str, cache_dir: str | Path = "data/synthav") -> Path:
+    """A dataset directory for ``spec``: a path as is, or a SynthAV set rendered once into ``cache_dir``."""
+    synth = parse_synth_spec(spec)
+    if synth is None:
+        path = Path(spec)
+        if not path.exists():
+            raise FileNotFoundError(f"no dataset at {path}")
+        return path
+    from training.data import synthav
+
+    out = Path(cache_dir) / f"{synth['kind']}-seed{synth['seed']}-n{synth['n']}"
+    if not (out / "index.csv").is_file():
+        log.info("rendering %s into %s", spec, out)
+        if synth["kind"] != "actions":
+            raise ValueError(f"SynthAV kind {synth['kind']!r} is not available yet")
+        tmp = out.with_name(out.name + ".partial")
+        synthav.write_action_dataset(tmp, n=int(synth["n"]), seed=int(synth["seed"]), progress=True, workers=2)
+        tmp.rename(out)
+    return out
+
+
+def read_records(root: str | Path) -> list[Record]:
+    """Records of an AV dataset directory, a ``path,label[,start,end]`` CSV, or a ``root/<class>/<video>`` tree."""
+    root = Path(root)
+    if root.is_file() and root.suffix == ".csv":
+        return _read_csv(root, root.parent)
+    if (root / "index.csv").is_file():
+        return _read_csv(root / "index.csv", root)
+    records = [
+        Record(video=p, label=p.parent.name)
+        for p in sorted(root.glob("*/*"))
+        if p.suffix.lower() in VIDEO_SUFFIXES
+    ]
+    if not records:
+        raise FileNotFoundError(f"{root}: no index.csv, and no <class>/<video> files")
+    return records
+
+
+def _read_csv(path: Path, base: Path) -> list[Record]:
+    def opt_path(v: str | None) -> Path | None:
+        return base / v if v else None
+
+    def opt_float(v: str | None) -> float | None:
+        return float(v) if v not in (None, "") else None
+
+    with open(path, newline="") as fh:
+        sample = fh.read(4096)
+        fh.seek(0)
+        has_header = "video" in sample.splitlines()[0] if sample else False
+        if has_header:
+            rows = list(csv.DictReader(fh))
+        else:  # Kinetics/VGGSound style: path,label[,start,end]
+            names = ["video", "label", "start_s", "end_s"]
+            rows = [dict(zip(names, r, strict=False)) for r in csv.reader(fh) if r]
+    return [
+        Record(
+            video=base / row["video"],
+            label=row.get("label") or None,
+            start_s=opt_float(row.get("start_s")),
+            end_s=opt_float(row.get("end_s")),
+            on_screen=opt_path(row.get("on_screen")),
+            off_screen=opt_path(row.get("off_screen")),
+            boxes=json.loads(row["boxes"]) if row.get("boxes") else None,
+        )
+        for row in rows
+    ]
+
+
+def _decode_one(args: tuple[Path, ClipSpec, float | None, float | None]) -> Decoded:
+    path, spec, start, end = args
+    decoded = decode(path, spec, MediaLimits())
+    if start is not None or end is not None:  # keep the labelled span only
+        s = start or 0.0
+        e = min(end if end is not None else decoded.duration_s, decoded.duration_s)
+        f0, f1 = int(round(s * spec.fps)), max(int(round(e * spec.fps)), int(round(s * spec.fps)) + 1)
+        a0, a1 = int(round(s * spec.sample_rate)), int(round(e * spec.sample_rate))
+        decoded = Decoded(decoded.frames[f0:f1], decoded.audio[a0:a1], e - s, decoded.has_audio)
+    return decoded
+
+
+def load_clips(
+    records: Sequence[Record], spec: ClipSpec, labels: Sequence[str], workers: int = 2, progress: bool = False
+) -> list[ClipData]:
+    """Decode every record with the service's decoder, in ``workers`` processes."""
+    index = {name: i for i, name in enumerate(labels)}
+    for r in records:
+        if r.label is not None and r.label not in index:
+            raise ValueError(f"{r.video}: label {r.label!r} is not one of {list(labels)}")
+    jobs = [(r.video, spec, r.start_s, r.end_s) for r in records]
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            decoded = list(_progress(pool.map(_decode_one, jobs, chunksize=8), len(jobs), progress, "decode"))
+    else:
+        decoded = [_decode_one(j) for j in _progress(jobs, len(jobs), progress, "decode")]
+    return [
+        ClipData(d.frames, d.audio, d.duration_s, index[r.label] if r.label is not None else -1,
+                 {"record": r})
+        for d, r in zip(decoded, records, strict=True)
+    ]
+
+
+def _progress(it, total: int, enabled: bool, desc: str):
+    if not enabled:
+        return it
+    from tqdm import tqdm
+
+    return tqdm(it, total=total, desc=desc, unit="clip")
+
+
+class WindowDataset(Dataset):
+    """One window per clip and item. Training draws a random start each time; evaluation takes the
+    sliding windows the service uses (``all_windows=True``: item i is the i-th window over all clips).
+
+    Items: ``(video (3, T, H, W) float32, audio (S,) float32, label int, clip index int)``.
+    """
+
+    def __init__(self, clips: Sequence[ClipData], spec: ClipSpec, train: bool, seed: int = 0) -> None:
+        self.clips, self.spec, self.train = list(clips), spec, train
+        self.rng = np.random.default_rng(seed)
+        self.index: list[tuple[int, float]] = []
+        if not train:
+            for ci, clip in enumerate(self.clips):
+                wins = cut_windows(Decoded(clip.frames, clip.audio, clip.duration_s, True), spec)
+                self.index.extend((ci, float(s)) for s in wins.starts_s)
+
+    def __len__(self) -> int:
+        return len(self.clips) if self.train else len(self.index)
+
+    def window(self, ci: int, start_s: float) -> tuple[np.ndarray, np.ndarray]:
+        clip, spec = self.clips[ci], self.spec
+        f0 = int(round(start_s * spec.fps))
+        idx = np.minimum(np.arange(f0, f0 + spec.frames), len(clip.frames) - 1)
+        a0 = int(round(start_s * spec.sample_rate))
+        audio = np.zeros(spec.audio_samples, dtype=np.float32)
+        chunk = clip.audio[a0 : a0 + spec.audio_samples]
+        audio[: len(chunk)] = chunk
+        return clip.frames[idx], audio
+
+    def __getitem__(self, i: int):
+        if self.train:
+            ci = i
+            span = max(0.0, self.clips[ci].duration_s - self.spec.window_s)
+            # whole frames only, so that audio and frames stay on the same grid
+            start = math.floor(self.rng.uniform(0, span) * self.spec.fps) / self.spec.fps
+        else:
+            ci, start = self.index[i]
+        frames, audio = self.window(ci, start)
+        video = normalize_video(frames, self.spec)
+        return torch.from_numpy(video), torch.from_numpy(audio), self.clips[ci].label, ci

@@ -1,0 +1,50 @@
+"""Model registry: names map to (model class, frozen config); duplicates are refused."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+_REGISTRY: dict[str, tuple[type[nn.Module], Any]] = {}
+
+
+def register_model(name: str, cls: type[nn.Module], config: Any) -> None:
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is already registered")
+    _REGISTRY[name] = (cls, config)
+
+
+def list_models(prefix: str = "") -> list[str]:
+    _ensure_loaded()
+    return sorted(n for n in _REGISTRY if n.startswith(prefix))
+
+
+def model_config(name: str, **overrides: Any) -> Any:
+    _ensure_loaded()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown model {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
+    return dataclasses.replace(_REGISTRY[name][1], **overrides)
+
+
+def create_model(name: str, **overrides: Any) -> nn.Module:
+    config = model_config(name, **overrides)
+    return _REGISTRY[name][0](config)
+
+
+def build_from_config(name: str, config_dict: dict[str, Any]) -> nn.Module:
+    """Rebuild a model from a checkpoint's recorded name and config."""
+    _ensure_loaded()
+    cls, default = _REGISTRY[name]
+    fields = {f.name for f in dataclasses.fields(default)}
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in config_dict.items() if k in fields}
+    return cls(type(default)(**kwargs))
+
+
+_loaders: list[Callable[[], None]] = []
+
+
+def _ensure_loaded() -> None:
+    from training.models import action  # noqa: F401  (registers its variants)
