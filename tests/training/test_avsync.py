@@ -1,0 +1,225 @@
+"""The avsync network: shapes, the CAM/logit identity, gradients, ONNX parity of both outputs, the pretext sampler,
+the pretrained backbone in train-action, and a pretext run that learns above chance in seconds."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from model_store.manifest import ClipSpec
+from model_store.runtime import create_session
+from training.data.datasets import ClipData
+from training.export import export_onnx
+from training.models import create_model, model_config
+from training.pretrain import (
+    PAPER_SHIFT,
+    PretrainConfig,
+    PretrainData,
+    PretrainOptim,
+    draw_pair,
+    heldout_pairs,
+    pair_batch,
+    pretrain,
+)
+
+
+def _inputs(name: str, batch: int = 2, seed: int = 0, **overrides) -> tuple[torch.Tensor, torch.Tensor]:
+    cfg = model_config(name, **overrides)
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, 3, cfg.frames, cfg.size, cfg.size, generator=gen),
+            0.1 * torch.randn(batch, cfg.audio_samples, generator=gen))
+
+
+def test_small_config_shapes_and_cam_is_the_logit():
+    torch.manual_seed(0)
+    model = create_model("avsync_small").eval()
+    video, audio = _inputs("avsync_small")
+    with torch.inference_mode():
+        feats = model.forward_features(video, audio)
+        logit, cam = model(video, audio)
+    assert [tuple(f.shape) for f in feats] == [(2, 32, 12, 16, 16), (2, 32, 6, 8, 8), (2, 48, 6, 8, 8)]
+    assert logit.shape == (2,) and cam.shape == (2, 6, 8, 8)
+    torch.testing.assert_close(logit, cam.mean(dim=(1, 2, 3)))
+    assert model.cfg.audio_samples == 24000 and model.cfg.feature_dim == 48
+
+
+def test_owens2018_has_the_papers_sizes():
+    cfg = model_config("owens2018")
+    assert (cfg.fps, cfg.frames, cfg.size, cfg.sample_rate) == (29.97, 125, 224, 21000)
+    assert abs(cfg.frames / cfg.fps - 4.2) < 0.05 and cfg.audio_samples == round(125 / 29.97 * 21000)
+    with torch.device("meta"):  # shapes at full size without the compute
+        model = create_model("owens2018")
+        video = torch.empty(1, 3, cfg.frames, cfg.size, cfg.size)
+        feats = model.forward_features(video, torch.empty(1, cfg.audio_samples))
+        logit, cam = model.forward_head(feats[-1])
+    assert feats[0].shape == (1, 128, 32, 28, 28)  # fused at 32 time steps, as in the paper
+    assert logit.shape == (1,) and cam.shape == (1, 8, 7, 7)
+    # and it really runs (a short, small input through the same fully convolutional layers)
+    small = create_model("owens2018", frames=16, size=64).eval()
+    with torch.inference_mode():
+        logit, cam = small(*_inputs("owens2018", 1, frames=16, size=64))
+    assert torch.isfinite(logit).all() and cam.shape[0] == 1
+
+
+@pytest.mark.parametrize("name", ["avsync_tiny", "avsync_action_tiny"])
+def test_every_parameter_gets_a_gradient(name):
+    torch.manual_seed(0)
+    model = create_model(name)
+    out = model(*_inputs(name))
+    loss = out[0].sum() + out[1].square().mean() if isinstance(out, tuple) else out.logsumexp(1).sum()
+    loss.backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, pname
+        assert torch.isfinite(p.grad).all(), pname
+        assert p.grad.abs().sum() > 0, pname
+
+
+def test_onnx_parity_of_both_outputs_at_another_batch(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("avsync_tiny").eval()
+    path = tmp_path / "m.onnx"
+    video, audio = _inputs("avsync_tiny", 2)
+    diffs = export_onnx(model, {"video": video, "audio": audio}, ["sync_logit", "cam"], path, check_batch=3)
+    assert set(diffs) == {"sync_logit", "cam"} and max(diffs.values()) < 1e-4
+    session = create_session(path, providers=("CPUExecutionProvider",))
+    video, audio = _inputs("avsync_tiny", 5, seed=1)
+    logit, cam = session.run(["sync_logit", "cam"], {"video": video.numpy(), "audio": audio.numpy()})
+    with torch.inference_mode():
+        ref_logit, ref_cam = model(video, audio)
+    np.testing.assert_allclose(logit, ref_logit.numpy(), atol=1e-4, rtol=1e-3)
+    np.testing.assert_allclose(cam, ref_cam.numpy(), atol=1e-4, rtol=1e-3)
+
+
+def test_action_head_loads_a_pretrained_backbone():
+    sync = create_model("avsync_tiny")
+    action = create_model("avsync_action_tiny", num_classes=5)
+    action.load_backbone(sync.state_dict())
+    for name, tensor in action.backbone.state_dict().items():
+        torch.testing.assert_close(tensor, sync.state_dict()[name])
+    assert action(*_inputs("avsync_action_tiny", 3)).shape == (3, 5)
+    with pytest.raises(ValueError, match="not an AVSyncNet"):
+        create_model("avsync_action_small").load_backbone(sync.state_dict())
+
+
+# ------------------------------------------------------------------------------------------ pretext data
+
+CLIP = ClipSpec(fps=8, frames=8, height=8, width=8, sample_rate=800, audio_samples=800)
+
+
+def _ramp_clip(duration_s: float = 4.0) -> ClipData:
+    n = round(duration_s * CLIP.fps)
+    frames = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None], (n, 8, 8, 3)).copy()
+    audio = (np.arange(round(duration_s * CLIP.sample_rate)) / CLIP.sample_rate).astype(np.float32)
+    return ClipData(frames, audio, duration_s, -1)
+
+
+def test_pairs_stay_inside_the_clip_with_the_configured_shift():
+    rng = np.random.default_rng(0)
+    shifts = (0.5, 1.5)
+    seen = []
+    for _ in range(500):
+        p = draw_pair(rng, 0, 4.0, CLIP, shifts)
+        shift = abs(p.audio_s - p.video_s)
+        assert 0.5 - 1e-9 <= shift <= 1.5 + 1e-9
+        for start in (p.video_s, p.audio_s):
+            assert 0 <= start <= 4.0 - CLIP.window_s + 1e-9
+            assert math.isclose(start * CLIP.fps, round(start * CLIP.fps), abs_tol=1e-6)  # on the frame grid
+        seen.append(p.audio_s > p.video_s)
+    assert 0.3 < np.mean(seen) < 0.7  # audio shifted both ways
+    assert draw_pair(rng, 0, 1.2, CLIP, shifts) is None  # too short for any shift
+
+
+def test_pair_batch_is_balanced_and_shifts_only_the_negative_audio():
+    clips = [_ramp_clip()]
+    pairs = heldout_pairs(clips, CLIP, (0.5, 1.5))
+    assert heldout_pairs(clips, CLIP, (0.5, 1.5)) == pairs  # fixed
+    video, audio, label = pair_batch(clips, CLIP, pairs)
+    p = pairs[0]
+    assert video.shape == (1, 3, 8, 8, 8) and audio.shape == (2, 800) and label.tolist() == [1.0, 0.0]
+    assert video[0, 0, 0, 0, 0] == pytest.approx((p.video_s * CLIP.fps / 255 - 0.5) / 0.25)  # frames from video_s
+    assert audio[0, 0] == pytest.approx(p.video_s) and audio[1, 0] == pytest.approx(p.audio_s)
+
+
+def test_paper_shift_range_scales_with_the_window():
+    assert PAPER_SHIFT[0] * 4.2 == pytest.approx(2.0) and PAPER_SHIFT[1] * 4.2 == pytest.approx(5.8)
+
+
+# ------------------------------------------------------------------------------------- a run that learns
+
+FLASH = ClipSpec(fps=8, frames=8, height=16, width=16, sample_rate=2000, audio_samples=2000)
+
+
+def _flash_clips(n: int, seed: int) -> list[ClipData]:
+    """4 s clips: a square that lights up at irregular times, a click at each flash, a silent wandering dot."""
+    rng = np.random.default_rng(seed)
+    clips = []
+    for _ in range(n):
+        frames = np.full((32, 16, 16, 3), 60, np.uint8)
+        audio = rng.normal(0, 0.02, 8000).astype(np.float32)
+        y, x = rng.integers(1, 11, size=2)
+        t = rng.uniform(0, 0.5)
+        while t < 4.0:
+            f = int(t * 8)
+            frames[f, y:y + 4, x:x + 4] = 230
+            a = int(f / 8 * 2000)
+            audio[a:a + 60] += rng.normal(0, 0.5, len(audio[a:a + 60]))
+            t += rng.uniform(0.25, 0.9)
+        for f in range(32):  # distractor
+            dy, dx = (np.array([f, 2 * f]) % 14)
+            frames[f, dy:dy + 2, dx:dx + 2] = 200
+        clips.append(ClipData(frames, audio, 4.0, -1))
+    return clips
+
+
+def test_pretext_learns_above_chance_in_seconds():
+    from training.pretrain import evaluate, train_steps
+
+    torch.manual_seed(0)
+    model = create_model("avsync_tiny", fps=8.0, frames=8, size=16, sample_rate=2000)
+    train, val = _flash_clips(16, 0), _flash_clips(16, 1)
+    shifts = (0.5, 1.5)
+    pairs = heldout_pairs(val, FLASH, shifts)
+    before = evaluate(model, val, FLASH, pairs, torch.device("cpu"))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    rng = np.random.default_rng(0)
+    tr = train_steps(model, train, FLASH, shifts, optimizer, scheduler, torch.device("cpu"), rng, 80, 8, True, 1.0)
+    after = evaluate(model, val, FLASH, pairs, torch.device("cpu"))
+    assert after["n"] == 32
+    assert after["accuracy"] >= 0.7 and after["accuracy"] > before["accuracy"] + 0.15, (before, after, tr)
+    assert after["loss"] < before["loss"]
+
+
+@pytest.fixture(scope="module")
+def sync_run(action_ds, tmp_path_factory):
+    """The real CLI path (SynthAV mp4 files, decoded cache, checkpoint), a few steps."""
+    out = tmp_path_factory.mktemp("pretrain")
+    cfg = PretrainConfig(
+        model="avsync_tiny",
+        data=PretrainData(train=str(action_ds), val=str(action_ds), decoded_cache=str(out / "decoded"), workers=1),
+        optim=PretrainOptim(steps=4, batch_size=4, lr=0.01),
+        eval_every=2, threads=2, out=str(out), progress=False,
+    )
+    return out, cfg, pretrain(cfg)
+
+
+def test_pretrain_writes_a_checkpoint_with_its_shift_range(sync_run):
+    out, cfg, metrics = sync_run
+    assert metrics["val_n"] == 32  # 16 clips, a positive and a negative each
+    assert metrics["step"] in (2, 4) and 0 <= metrics["val_accuracy"] <= 1
+    assert (out / "best.pt").is_file() and (out / "config.yaml").is_file()
+    from training.utils import load_checkpoint
+
+    ckpt = load_checkpoint(out / "best.pt")
+    assert ckpt["kind"] == "avsync" and ckpt["shift_s"] == pytest.approx([PAPER_SHIFT[0], PAPER_SHIFT[1]])  # 1 s
+
+
+def test_decoded_cache_is_reused(sync_run, action_ds):
+    out, cfg, _ = sync_run
+    from training.pretrain import clip_spec_for, load_decoded
+
+    assert len(list((out / "decoded").glob("*.npz"))) == 1
+    clips = load_decoded(str(action_ds), clip_spec_for("avsync_tiny"), dataclasses.replace(cfg.data))
+    assert len(clips) == 16 and clips[0].frames.shape[1:] == (32, 32, 3)

@@ -1,0 +1,158 @@
+"""Sound-source localization scoring: cIoU, success rate and AUC against SynthAV's boxes, and two baselines.
+
+cIoU follows the localization literature (Senocak et al. 2018):
+
+    cIoU = sum(pred * gt) / (sum(gt) + sum(pred * [gt == 0]))
+
+with ``gt`` the box of the sounding object and ``pred`` the binarised heatmap, both at the model's frame size.
+**Binarisation** (fixed for every method): a pixel is predicted as sounding when its value is at least half way
+between the frame's minimum and maximum (``BINARISE = 0.5``). With the bilinear upsampling of a CAM of stride 8 this
+gives a blob of about one cell radius around a single peak (~5% of the frame), the size of SynthAV's smallest
+sounding objects (balls: 2-4% of the frame), and grows with the CAM's support for larger ones (wheels, faces:
+8-18%). The threshold is relative, so it does not depend on how a method scales its map.
+
+A clip's cIoU is the mean over its heatmap frames (each CAM time step of the sliding windows that cover the video,
+compared with the box at the frame nearest to the step's time). ``ciou_success`` is the share of clips with
+cIoU >= 0.5; ``auc`` the area under the success rate over the thresholds 0, 0.05, ..., 1.
+
+Baselines, scored on the very same frames and times:
+
+- ``centre``: an isotropic Gaussian at the frame centre (sigma = ``CENTRE_SIGMA`` of the side; binarised, a disc of
+  about 10% of the frame, SynthAV's mean box area);
+- ``motion``: the mean absolute frame difference over the frames a heatmap step covers, box-blurred; it lights up
+  every moving thing, the silent distractor included.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+from model_store.heatmaps import Heatmaps, frame_times, normalise, upsample, video_heatmaps
+from model_store.manifest import ClipSpec
+from model_store.media import Windows, load_windows, normalize_video
+from training.data.datasets import Record
+
+log = logging.getLogger(__name__)
+
+BINARISE = 0.5
+CENTRE_SIGMA = 0.18
+THRESHOLDS = np.linspace(0.0, 1.0, 21)
+METHODS = ("model", "centre", "motion")
+
+
+def binarise(maps: np.ndarray, level: float = BINARISE) -> np.ndarray:
+    """Per frame: value >= min + level * (max - min). Shape: (..., H, W) -> bool (..., H, W)."""
+    lo = maps.min(axis=(-2, -1), keepdims=True)
+    hi = maps.max(axis=(-2, -1), keepdims=True)
+    return maps >= lo + level * (hi - lo)
+
+
+def box_mask(box: Sequence[float], height: int, width: int) -> np.ndarray:
+    """Pixels whose centres lie in the normalised box (x0, y0, x1, y1). Shape: -> bool (height, width)."""
+    x0, y0, x1, y1 = box
+    xs = (np.arange(width) + 0.5) / width
+    ys = (np.arange(height) + 0.5) / height
+    return ((ys >= y0) & (ys <= y1))[:, None] & ((xs >= x0) & (xs <= x1))[None, :]
+
+
+def ciou(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Consensus IoU of binary maps (H, W)."""
+    pred, gt = pred.astype(bool), gt.astype(bool)
+    denom = gt.sum() + (pred & ~gt).sum()
+    return float((pred & gt).sum() / denom) if denom else 0.0
+
+
+def summarise(cious: Sequence[float]) -> dict[str, float]:
+    """``ciou_success`` (share >= 0.5), ``auc`` (success rate over thresholds 0..1), ``mean_ciou``, ``n``."""
+    c = np.asarray(cious, dtype=np.float64)
+    success = np.array([(c >= t).mean() for t in THRESHOLDS])
+    return {"ciou_success": float((c >= 0.5).mean()), "auc": float(np.trapezoid(success, THRESHOLDS)),
+            "mean_ciou": float(c.mean()), "n": len(c)}
+
+
+def boxes_at(boxes: Sequence[Sequence[float]], times_s: np.ndarray) -> np.ndarray:
+    """The ground-truth box nearest in time for each of ``times_s``. boxes: per-frame ``[t_s, x0, y0, x1, y1]``."""
+    b = np.asarray(boxes, dtype=np.float64)
+    idx = np.abs(b[:, 0][None, :] - np.asarray(times_s)[:, None]).argmin(axis=1)
+    return b[idx, 1:]
+
+
+def centre_prior(n: int, height: int, width: int, sigma: float = CENTRE_SIGMA) -> np.ndarray:
+    ys = ((np.arange(height) + 0.5) / height - 0.5)[:, None]
+    xs = ((np.arange(width) + 0.5) / width - 0.5)[None, :]
+    g = np.exp(-(xs**2 + ys**2) / (2 * sigma**2)).astype(np.float32)
+    return np.broadcast_to(g, (n, height, width))
+
+
+def _box_blur(x: np.ndarray, r: int) -> np.ndarray:
+    """Separable box blur of radius ``r`` over the last two axes (edge-padded)."""
+    k = 2 * r + 1
+    for axis in (-2, -1):
+        pad = [(0, 0)] * x.ndim
+        pad[axis] = (r, r)
+        c = np.cumsum(np.pad(x, pad, mode="edge"), axis=axis, dtype=np.float64)
+        c = np.concatenate([np.zeros_like(np.take(c, [0], axis=axis)), c], axis=axis)
+        n = x.shape[axis]
+        x = (np.take(c, np.arange(k, k + n), axis=axis) - np.take(c, np.arange(n), axis=axis)) / k
+    return x.astype(np.float32)
+
+
+def motion_maps(windows: Windows, clip: ClipSpec, steps: int) -> np.ndarray:
+    """Frame-difference energy per heatmap step (same frames and times as :func:`video_heatmaps`).
+
+    Shape: -> (F, H, W) at the clip's frame size
+    """
+    _, owners, ks = frame_times(windows.starts_s, steps, clip.window_s)
+    v = windows.video.astype(np.float32).mean(axis=-1)  # (W, T, H, W)
+    diff = np.abs(np.diff(v, axis=1, prepend=v[:, :1]))  # (W, T, H, W)
+    per = clip.frames / steps
+    out = []
+    for w, k in zip(owners, ks, strict=True):
+        f0, f1 = int(np.floor(k * per)), max(int(np.ceil((k + 1) * per)), int(np.floor(k * per)) + 1)
+        out.append(diff[w, max(f0, 1):max(f1, 2)].mean(axis=0))
+    return _box_blur(np.stack(out), max(1, round(clip.width / 32)))
+
+
+def score_clip(cam: np.ndarray, windows: Windows, clip: ClipSpec, boxes) -> dict[str, float]:
+    """cIoU of each method on one clip. cam: (W, T', h, w) of the clip's sliding windows."""
+    hm: Heatmaps = video_heatmaps(cam, windows.starts_s, clip.window_s)
+    gt = np.stack([box_mask(b, clip.height, clip.width) for b in boxes_at(boxes, hm.times_s)])
+    maps = {
+        "model": upsample(hm.maps, clip.height, clip.width),
+        "centre": centre_prior(len(gt), clip.height, clip.width),
+        "motion": normalise(motion_maps(windows, clip, cam.shape[1])),
+    }
+    return {name: float(np.mean([ciou(p, g) for p, g in zip(binarise(m), gt, strict=True)]))
+            for name, m in maps.items()}
+
+
+def score_localization(model, records: Sequence[Record], workers: int = 2, progress: bool = False,
+                       batch: int = 32) -> dict:
+    """Localization of a published avsync model (``model_store.runtime.LoadedModel``) and the two baselines on
+    records with boxes: the model's numbers at the top level, the baselines under ``baselines``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    clip = model.manifest.clip
+    records = [r for r in records if r.boxes]
+    if not records:
+        raise ValueError("no record has boxes of the sounding object; localization needs them")
+    per_method: dict[str, list[float]] = {m: [] for m in METHODS}
+    with ThreadPoolExecutor(workers) as pool:
+        it = pool.map(lambda r: load_windows(r.video, clip), records)
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(it, total=len(records), desc="localization", unit="clip")
+        for windows, record in zip(it, records, strict=True):
+            cams = [model.run({"video": normalize_video(windows.video[s:s + batch], clip),
+                               "audio": windows.audio[s:s + batch]})["cam"]
+                    for s in range(0, len(windows), batch)]
+            scores = score_clip(np.concatenate(cams), windows, clip, record.boxes)
+            for name, value in scores.items():
+                per_method[name].append(value)
+    result = summarise(per_method["model"])
+    result["baselines"] = {name: summarise(per_method[name]) for name in METHODS[1:]}
+    return result

@@ -1,0 +1,333 @@
+"""Self-supervised audio-visual sync pretext (Owens & Efros 2018): ``python -m training pretrain [CONFIG] [k=v ...]``.
+
+A positive is a window of a video with its own audio; its negative is the same frames with the audio of the same
+video shifted by a random offset in ``[shift_min_s, shift_max_s]`` (the paper: 2.0-5.8 s on 4.2 s windows, i.e.
+0.48-1.38 window lengths). Every batch holds each sampled window twice, once per label, so it is balanced. The
+shifted audio always lies inside the source clip: no padding that would give the answer away.
+
+Also here: the fixed held-out pairs of ``evaluate alignment`` and their scoring through the ONNX model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from model_store.manifest import ClipSpec
+from model_store.media import normalize_video
+from training.config import save_config
+from training.data.datasets import ClipData, load_clips, read_records, resolve_data
+from training.models import create_model, model_config
+from training.utils import save_checkpoint, seed_everything
+
+log = logging.getLogger(__name__)
+
+# the paper's shift range as a fraction of its 4.2 s window
+PAPER_SHIFT = (2.0 / 4.2, 5.8 / 4.2)
+
+
+@dataclass
+class PretrainData:
+    train: str = "synthav:seed=1,n=1600"
+    val: str = "synthav:seed=2,n=160"
+    cache_dir: str = "data/synthav"
+    decoded_cache: str = "data/decoded"  # decoded clips (npz) per dataset and clip spec; '' disables
+    workers: int = 2
+
+
+@dataclass
+class PretrainOptim:
+    steps: int = 3000
+    batch_size: int = 16  # windows per step; each gives a positive and a negative
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    warmup: float = 0.05  # fraction of the steps
+
+
+@dataclass
+class PretrainConfig:
+    model: str = "avsync_small"
+    data: PretrainData = field(default_factory=PretrainData)
+    optim: PretrainOptim = field(default_factory=PretrainOptim)
+    # audio shift of a negative, in seconds; None: the paper's range scaled to the model's window
+    shift_min_s: float | None = None
+    shift_max_s: float | None = None
+    flip: bool = True  # random horizontal flips
+    # weight of a pairwise term softplus(logit_shifted - logit_in_sync) beside the per-sample BCE: the video-only
+    # part of the logit cancels in the difference, so early gradients carry only the audio-visual agreement
+    pair_weight: float = 1.0
+    eval_every: int = 250
+    seed: int = 0
+    deterministic: bool = False
+    threads: int = 1
+    out: str = "runs/avsync"
+    progress: bool = True
+
+
+def clip_spec_for(model_name: str) -> ClipSpec:
+    cfg = model_config(model_name)
+    return ClipSpec(fps=cfg.fps, frames=cfg.frames, height=cfg.size, width=cfg.size,
+                    sample_rate=cfg.sample_rate, audio_samples=cfg.audio_samples)
+
+
+def shift_range(cfg: PretrainConfig, clip: ClipSpec) -> tuple[float, float]:
+    lo = cfg.shift_min_s if cfg.shift_min_s is not None else PAPER_SHIFT[0] * clip.window_s
+    hi = cfg.shift_max_s if cfg.shift_max_s is not None else PAPER_SHIFT[1] * clip.window_s
+    if not 0 < lo <= hi:
+        raise ValueError(f"shift range [{lo}, {hi}] s is empty")
+    return lo, hi
+
+
+# ------------------------------------------------------------------------------------------------- data
+
+
+def load_decoded(spec: str, clip: ClipSpec, data: PretrainData, progress: bool = False) -> list[ClipData]:
+    """Decode a dataset with the service's decoder once; later calls read the npz cache."""
+    root = resolve_data(spec, data.cache_dir)
+    records = read_records(root)
+    key = hashlib.sha256(json.dumps([str(root.resolve()), clip.model_dump()], sort_keys=True).encode())
+    cache = Path(data.decoded_cache) / f"{root.name}-{key.hexdigest()[:12]}.npz" if data.decoded_cache else None
+    if cache is not None and cache.is_file():
+        with np.load(cache) as z:
+            frames, audio, fo, ao, durations = (z[k] for k in ("frames", "audio", "frame_offsets", "audio_offsets",
+                                                               "durations"))
+        return [ClipData(frames[fo[i]:fo[i + 1]], audio[ao[i]:ao[i + 1]], float(durations[i]), -1, {"record": r})
+                for i, r in enumerate(records)]
+    labels = sorted({r.label for r in records if r.label is not None})
+    clips = load_clips(records, clip, labels, workers=data.workers, progress=progress)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez(tmp, frames=np.concatenate([c.frames for c in clips]),
+                 audio=np.concatenate([c.audio for c in clips]),
+                 frame_offsets=np.cumsum([0] + [len(c.frames) for c in clips]),
+                 audio_offsets=np.cumsum([0] + [len(c.audio) for c in clips]),
+                 durations=np.array([c.duration_s for c in clips]))
+        tmp.rename(cache)
+    return clips
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A window of ``clip`` whose frames start at ``video_s`` and whose shifted audio starts at ``audio_s``."""
+
+    clip: int
+    video_s: float
+    audio_s: float
+
+
+def draw_pair(rng: np.random.Generator, ci: int, duration_s: float, clip: ClipSpec,
+              shifts: tuple[float, float]) -> Pair | None:
+    """Frames at one start, audio at another start ``shift`` away (either direction), both inside the clip and
+    on the frame grid. None when the clip is too short for the smallest shift."""
+    step = 1.0 / clip.fps
+    span = duration_s - clip.window_s  # latest start
+    hi = min(shifts[1], span)
+    if hi < shifts[0]:
+        return None
+    n_min, n_max = math.ceil(shifts[0] / step - 1e-6), math.floor(hi / step + 1e-6)
+    if n_max < n_min:
+        return None
+    shift = int(rng.integers(n_min, n_max + 1)) * step
+    first = int(rng.integers(0, math.floor((span - shift) / step + 1e-6) + 1)) * step
+    a, b = (first, first + shift) if rng.uniform() < 0.5 else (first + shift, first)
+    return Pair(ci, a, b)
+
+
+def window_arrays(c: ClipData, clip: ClipSpec, video_s: float, audio_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 frames (T, H, W, 3) from ``video_s`` and float32 audio (S,) from ``audio_s``."""
+    f0 = int(round(video_s * clip.fps))
+    idx = np.minimum(np.arange(f0, f0 + clip.frames), len(c.frames) - 1)
+    a0 = int(round(audio_s * clip.sample_rate))
+    audio = np.zeros(clip.audio_samples, dtype=np.float32)
+    chunk = c.audio[a0:a0 + clip.audio_samples]
+    audio[:len(chunk)] = chunk
+    return c.frames[idx], audio
+
+
+def heldout_pairs(clips: Sequence[ClipData], clip: ClipSpec, shifts: tuple[float, float],
+                  seed: int = 0) -> list[Pair]:
+    """One fixed pair per clip, drawn from ``[seed, clip index]``: the same for every model and run."""
+    pairs = []
+    for i, c in enumerate(clips):
+        p = draw_pair(np.random.default_rng([seed, i]), i, c.duration_s, clip, shifts)
+        if p is not None:
+            pairs.append(p)
+    if not pairs:
+        raise ValueError(f"no clip is long enough for a window of {clip.window_s:.2f} s and a shift of "
+                         f"{shifts[0]:.2f} s")
+    return pairs
+
+
+def pair_batch(clips: Sequence[ClipData], clip: ClipSpec, pairs: Sequence[Pair], flips: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Model inputs for ``pairs``: each window's frames once, its audio twice: in sync (label 1), then shifted
+    (label 0); feed ``video`` repeated twice (or use ``forward_shared_video``).
+
+    Shape: video (N, 3, T, H, W) float32, audio (2N, S) float32, label (2N,) float32
+    """
+    videos, pos, neg = [], [], []
+    for k, p in enumerate(pairs):
+        frames, shifted = window_arrays(clips[p.clip], clip, p.video_s, p.audio_s)
+        _, own = window_arrays(clips[p.clip], clip, p.video_s, p.video_s)
+        if flips is not None and flips[k]:
+            frames = frames[:, :, ::-1]
+        videos.append(frames)
+        pos.append(own)
+        neg.append(shifted)
+    video = normalize_video(np.stack(videos), clip)
+    audio = np.stack(pos + neg)
+    label = np.concatenate([np.ones(len(pairs)), np.zeros(len(pairs))]).astype(np.float32)
+    return video, audio, label
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def step(model: nn.Module, video: torch.Tensor, audio: torch.Tensor, label: torch.Tensor, pair_weight: float = 0.0
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward shared by training and evaluation: (loss, logit). ``audio`` holds 2 tracks per video, in sync
+    first (``pair_batch``); the loss is the balanced BCE plus ``pair_weight`` times the pairwise ranking term."""
+    logit, _ = model.forward_shared_video(video, audio)
+    loss = nn.functional.binary_cross_entropy_with_logits(logit, label)
+    if pair_weight:
+        pos, neg = logit.view(2, -1)
+        loss = loss + pair_weight * nn.functional.softplus(neg - pos).mean()
+    return loss, logit
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, clips: Sequence[ClipData], clip: ClipSpec, pairs: Sequence[Pair],
+             device: torch.device, batch: int = 32) -> dict[str, float]:
+    """Held-out alignment accuracy on fixed pairs (one positive and one negative each)."""
+    model.eval()
+    correct, loss_sum, n = 0, 0.0, 0
+    for s in range(0, len(pairs), batch):
+        v, a, y = (torch.from_numpy(x).to(device) for x in pair_batch(clips, clip, pairs[s:s + batch]))
+        loss, logit = step(model, v, a, y)
+        correct += ((logit > 0).float() == y).sum().item()
+        loss_sum += loss.item() * len(y)
+        n += len(y)
+    return {"loss": loss_sum / n, "accuracy": correct / n, "n": n}
+
+
+def train_steps(model, clips, clip, shifts, optimizer, scheduler, device, rng, steps, batch_size, flip,
+                pair_weight=0.0):
+    """``steps`` optimisation steps on freshly drawn pairs; returns mean loss and accuracy."""
+    model.train()
+    loss_sum, correct, n = 0.0, 0, 0
+    for _ in range(steps):
+        pairs: list[Pair] = []
+        while len(pairs) < batch_size:
+            ci = int(rng.integers(len(clips)))
+            p = draw_pair(rng, ci, clips[ci].duration_s, clip, shifts)
+            if p is not None:
+                pairs.append(p)
+        flips = rng.uniform(size=batch_size) < 0.5 if flip else None
+        v, a, y = (torch.from_numpy(x).to(device) for x in pair_batch(clips, clip, pairs, flips))
+        loss, logit = step(model, v, a, y, pair_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.item() * len(y)
+        correct += ((logit.detach() > 0).float() == y).sum().item()
+        n += len(y)
+    return {"loss": loss_sum / max(n, 1), "accuracy": correct / max(n, 1)}
+
+
+def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
+    """Train the sync network on the pretext; keep the checkpoint with the best held-out accuracy."""
+    seed_everything(cfg.seed, deterministic=cfg.deterministic)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+
+    clip = clip_spec_for(cfg.model)
+    shifts = shift_range(cfg, clip)
+    train_clips = load_decoded(cfg.data.train, clip, cfg.data, cfg.progress)
+    val_clips = load_decoded(cfg.data.val, clip, cfg.data, cfg.progress)
+    val_pairs = heldout_pairs(val_clips, clip, shifts)
+    log.info("pretext: %d train clips, %d held-out pairs, window %.2f s, shifts %.2f-%.2f s", len(train_clips),
+             len(val_pairs), clip.window_s, *shifts)
+
+    model = create_model(cfg.model).to(device)
+    mcfg = model_config(cfg.model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.optim.lr, total_steps=cfg.optim.steps,
+                                                    pct_start=cfg.optim.warmup)
+    rng = np.random.default_rng(cfg.seed)
+    history, best = [], None
+    done, t_start = 0, time.perf_counter()
+    while done < cfg.optim.steps:
+        t0 = time.perf_counter()
+        k = min(cfg.eval_every, cfg.optim.steps - done)
+        tr = train_steps(model, train_clips, clip, shifts, optimizer, scheduler, device, rng, k,
+                         cfg.optim.batch_size, cfg.flip, cfg.pair_weight)
+        done += k
+        va = evaluate(model, val_clips, clip, val_pairs, device)
+        history.append({"step": done, "train": tr, "val": va, "seconds": time.perf_counter() - t0})
+        log.info("step %d train loss %.3f acc %.3f | val loss %.3f acc %.3f (%.0f s)", done, tr["loss"],
+                 tr["accuracy"], va["loss"], va["accuracy"], time.perf_counter() - t0)
+        if best is None or va["accuracy"] >= best["val"]["accuracy"]:
+            best = history[-1]
+            save_checkpoint(out / "best.pt", {
+                "kind": "avsync",
+                "model": cfg.model,
+                "model_config": dataclasses.asdict(mcfg),
+                "config": dataclasses.asdict(cfg),
+                "shift_s": list(shifts),
+                "state_dict": model.state_dict(),
+                "metrics": {"step": done, **{f"val_{k}": float(v) for k, v in va.items()}},
+            })
+        (out / "history.json").write_text(json.dumps(history, indent=2))
+    final = {f"val_{k}": float(v) for k, v in best["val"].items()}
+    final["step"] = best["step"]
+    final["train_seconds"] = time.perf_counter() - t_start
+    return final
+
+
+# ------------------------------------------------------------------------------------- ONNX evaluation
+
+
+def score_alignment(model, clips: Sequence[ClipData], shifts: tuple[float, float], batch: int = 32
+                    ) -> dict[str, float]:
+    """Alignment accuracy of a published model (a :class:`model_store.runtime.LoadedModel`) on the fixed pairs."""
+    clip = model.manifest.clip
+    pairs = heldout_pairs(clips, clip, shifts)
+    correct, n = 0, 0
+    for s in range(0, len(pairs), batch):
+        v, a, y = pair_batch(clips, clip, pairs[s:s + batch])
+        logit = model.run({"video": np.concatenate([v, v]), "audio": a})["sync_logit"]
+        correct += int(((logit > 0) == (y > 0.5)).sum())
+        n += len(y)
+    return {"accuracy": correct / n, "n": n, "n_clips": len(pairs)}
+
+
+def eval_shifts(manifest) -> tuple[float, float]:
+    """The shift range a published model was trained with (the paper's, scaled to its window, if unrecorded)."""
+    shifts = manifest.training.get("shift_s")
+    if shifts:
+        return float(shifts[0]), float(shifts[1])
+    return PAPER_SHIFT[0] * manifest.clip.window_s, PAPER_SHIFT[1] * manifest.clip.window_s
+
+
+def load_eval_clips(records, clip: ClipSpec, workers: int = 2, progress: bool = False) -> list[ClipData]:
+    """Decode evaluation records with the service's decoder (no cache)."""
+    labels = sorted({r.label for r in records if r.label is not None})
+    return load_clips(records, clip, labels, workers=workers, progress=progress)
