@@ -1,0 +1,247 @@
+"""Noise injection, the noisy-label losses on hand-checked tensors, the estimation helpers, and a short run in
+which cross-modal noise estimation finds planted mismatched pairs."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model_store.manifest import ClipSpec
+from training.data.datasets import ClipData
+from training.data.noise import (
+    apply_noise,
+    asymmetric_label_noise,
+    correspondence_noise,
+    make_noise,
+    pair_map,
+    symmetric_label_noise,
+)
+from training.noisy import estimation as est
+from training.noisy.arrays import ArraySet, eval_windows, window_batch
+from training.noisy.losses import (
+    cross_modal_nce,
+    gce_loss,
+    hybrid_targets,
+    prototype_nce,
+    sce_loss,
+    soft_cross_entropy,
+    weighted_mean,
+)
+
+# ------------------------------------------------------------------------------------------ noise injection
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.2, 0.4, 0.6])
+def test_symmetric_noise_rate_and_indices(rate):
+    clean = np.arange(1000) % 8
+    noisy, idx = symmetric_label_noise(clean, rate, 8, np.random.default_rng(0))
+    assert len(idx) == round(rate * 1000)
+    np.testing.assert_array_equal(idx, np.flatnonzero(noisy != clean))  # recorded == actually changed
+    assert noisy.min() >= 0 and noisy.max() < 8
+    if rate:  # wrong labels spread over all the other classes
+        assert len(np.unique(noisy[idx] - clean[idx])) > 5
+
+
+def test_asymmetric_noise_flips_class_pairs_per_class():
+    clean = np.repeat(np.arange(8), 50)
+    noisy, idx = asymmetric_label_noise(clean, 0.4, 8, np.random.default_rng(1))
+    np.testing.assert_array_equal(idx, np.flatnonzero(noisy != clean))
+    np.testing.assert_array_equal(noisy[idx], pair_map(8)[clean[idx]])
+    for k in range(8):
+        assert (noisy[clean == k] != k).sum() == 20
+    assert list(pair_map(8)) == [1, 0, 3, 2, 5, 4, 7, 6]
+
+
+def test_correspondence_noise_is_a_derangement_of_the_chosen_clips():
+    source, idx = correspondence_noise(500, 0.2, np.random.default_rng(2))
+    assert len(idx) == 100
+    np.testing.assert_array_equal(idx, np.flatnonzero(source != np.arange(500)))
+    assert sorted(source[idx]) == sorted(idx)  # audio moves only among the corrupted clips
+
+
+def test_make_noise_is_deterministic_and_independent():
+    clean = np.arange(200) % 8
+    a = make_noise(clean, 8, 0.4, "sym", 0.2, seed=3)
+    b = make_noise(clean, 8, 0.4, "sym", 0.2, seed=3)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.audio_source, b.audio_source)
+    assert a.summary()["label_noise_measured"] == pytest.approx(0.4)
+    assert a.summary()["corr_noise_measured"] == pytest.approx(0.2)
+    with pytest.raises(ValueError):
+        make_noise(clean, 8, 1.5, "sym")
+
+
+def test_apply_noise_swaps_audio_and_keeps_the_truth():
+    clips = [ClipData(np.full((4, 2, 2, 3), i, np.uint8), np.full(10, float(i), np.float32), 4.0, i % 8)
+             for i in range(10)]
+    report = make_noise([c.label for c in clips], 8, 0.3, "sym", 0.4, seed=0)
+    noisy = apply_noise(clips, report)
+    for i, (c, n) in enumerate(zip(clips, noisy, strict=True)):
+        assert n.label == report.labels[i] and n.extra["clean_label"] == c.label
+        assert n.audio[0] == report.audio_source[i]  # the audio is that of the recorded source clip
+        np.testing.assert_array_equal(n.frames, c.frames)
+    assert sum(n.audio[0] != i for i, n in enumerate(noisy)) == 4
+    assert clips[report.corr_noisy[0]].audio[0] == report.corr_noisy[0]  # originals untouched
+
+
+# ------------------------------------------------------------------------------------------------------ losses
+
+
+def test_cross_modal_nce_hand_checked():
+    v = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    # aligned pairs, tau = 1: logits [[1, 0], [0, 1]] -> -log(e / (e + 1)) for both directions
+    np.testing.assert_allclose(cross_modal_nce(v, v.clone(), tau=1.0).numpy(), [math.log(1 + math.exp(-1))] * 2,
+                               rtol=1e-6)
+    # swapped audio: the positive scores 0, the negative 1 -> -log(1 / (1 + e))
+    np.testing.assert_allclose(cross_modal_nce(v, v.flip(0), tau=1.0).numpy(), [math.log(1 + math.e)] * 2,
+                               rtol=1e-6)
+    # norms do not matter
+    np.testing.assert_allclose(cross_modal_nce(3 * v, v, 1.0).numpy(), cross_modal_nce(v, v, 1.0).numpy())
+
+
+def test_prototype_nce_hand_checked():
+    v = torch.tensor([[1.0, 0.0]])
+    a = torch.tensor([[0.0, 1.0]])
+    protos = torch.eye(2)
+    # video picks cluster 0 among audio prototypes (logits [1, 0]); audio picks it among video prototypes
+    # (logits [0, 1]) -> mean of log(1 + e^-1) and log(1 + e)
+    got = prototype_nce(v, a, protos, protos, torch.tensor([0]), tau=1.0)
+    want = 0.5 * (math.log(1 + math.exp(-1)) + math.log(1 + math.e))
+    assert got.item() == pytest.approx(want, rel=1e-6)
+
+
+def test_gce_and_sce_hand_checked():
+    logits = torch.zeros(1, 4)  # uniform: p_y = 0.25
+    y = torch.tensor([2])
+    assert gce_loss(logits, y, q=0.7).item() == pytest.approx((1 - 0.25**0.7) / 0.7, rel=1e-6)
+    assert sce_loss(logits, y, alpha=0.1, beta=1.0).item() == pytest.approx(0.1 * math.log(4) + 4 * 0.75, rel=1e-6)
+    # GCE tends to CE as q -> 0
+    logits = torch.tensor([[2.0, -1.0, 0.5]])
+    y = torch.tensor([0])
+    assert gce_loss(logits, y, q=1e-4).item() == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-3)
+
+
+def test_soft_ce_hybrid_targets_and_weighted_mean():
+    logits = torch.tensor([[1.0, 2.0, 0.0], [0.5, 0.0, -1.0]])
+    y = torch.tensor([1, 0])
+    one_hot = F.one_hot(y, 3).float()
+    np.testing.assert_allclose(soft_cross_entropy(logits, one_hot).numpy(),
+                               F.cross_entropy(logits, y, reduction="none").numpy(), rtol=1e-6)
+    t = hybrid_targets(torch.tensor([0, 2]), torch.tensor([1, 2]), torch.tensor([0.2, 0.9]),
+                       torch.tensor([0.6, 0.9]), 3)
+    # p on the given label, (1 - p) q on the corrected one; where they agree the weights add up
+    np.testing.assert_allclose(t.numpy(), [[0.2, 0.48, 0.0], [0.0, 0.0, 0.99]], rtol=1e-6)
+    assert weighted_mean(torch.tensor([1.0, 3.0]), torch.tensor([1.0, 0.0])).item() == 1.0
+    assert weighted_mean(torch.tensor([1.0, 3.0]), torch.tensor([0.0, 0.0])).item() == 0.0
+
+
+# -------------------------------------------------------------------------------------------------- estimation
+
+
+def test_roc_auc_hand_checked():
+    assert est.roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1], bool)) == 0.75
+    assert est.roc_auc(np.array([1.0, 1.0]), np.array([0, 1], bool)) == 0.5  # ties count half
+    assert math.isnan(est.roc_auc(np.ones(3), np.zeros(3, bool)))
+
+
+def test_gmm_separates_two_loss_modes():
+    rng = np.random.default_rng(0)
+    losses = np.concatenate([rng.normal(0.5, 0.1, 300), rng.normal(2.0, 0.2, 100)])
+    p = est.gmm_clean_probability(losses)
+    assert p[:300].mean() > 0.95 and p[300:].mean() < 0.05
+    assert np.all(est.gmm_clean_probability(np.ones(5)) == 1.0)
+
+
+def test_knn_votes_correct_wrong_labels_in_clustered_features():
+    rng = np.random.default_rng(0)
+    centres = np.eye(4) * 5
+    clean = np.repeat(np.arange(4), 50)
+    feats = centres[clean] + rng.normal(0, 1, (200, 4))
+    noisy, idx = symmetric_label_noise(clean, 0.4, 4, rng)
+    corrected, q, t = est.corrected_labels(est.knn_label_votes(feats, noisy, 4, k=15), noisy)
+    assert (corrected == clean).mean() > 0.95
+    assert (corrected[idx] == clean[idx]).mean() > 0.9
+    assert np.all(q >= t)
+    centroids, assign = est.kmeans(feats, 4, seed=0)
+    assert len(np.unique(assign)) == 4 and centroids.shape == (4, 4)
+
+
+# -------------------------------------------------------------------------------- estimation in a short run
+
+
+def _latent_av_set(n: int, seed: int) -> ArraySet:
+    """Clips whose colour and tone pitch share one latent: pictures and sound correspond by construction."""
+    spec = ClipSpec(fps=8, frames=8, height=32, width=32, sample_rate=16000, audio_samples=16000)
+    rng = np.random.default_rng(seed)
+    z = rng.random(n)
+    frames = np.empty((n, 12, 32, 32, 3), np.uint8)
+    frames[..., 0] = (255 * z)[:, None, None, None]
+    frames[..., 1] = (255 * (1 - z))[:, None, None, None]
+    frames[..., 2] = 128
+    t = np.arange(24000) / 16000
+    audio = (0.5 * np.sin(2 * np.pi * (300 + 3000 * z)[:, None] * t)).astype(np.float32)
+    return ArraySet(frames, audio, (z * 8).astype(np.int64).clip(0, 7), spec)
+
+
+def test_window_batch_shapes():
+    data = _latent_av_set(5, 0)
+    video, audio = window_batch(data, np.array([0, 3]), np.array([0, 4]))
+    assert video.shape == (2, 3, 8, 32, 32) and audio.shape == (2, 16000)
+    owners, starts = eval_windows(data)
+    assert len(owners) == len(starts) and set(owners) == set(range(5))
+
+
+def test_noise_estimation_finds_planted_mismatched_pairs():
+    from training.models import create_model
+    from training.noisy.methods import NTLConfig, RunConfig, train_ntl
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny batches: more threads only contend
+    try:
+        torch.manual_seed(0)
+        data = _latent_av_set(64, 0)
+        noise = make_noise(data.labels, 8, 0.0, "sym", 0.25, seed=0)
+        noisy = data.with_noise(noise.labels, noise.audio_source)
+        cfg = RunConfig(epochs=4, batch_size=16, lr=3e-3, seed=0,
+                        ntl=NTLConfig(phase1_frac=1.0, warmup=1, correction=False))
+        _, info = train_ntl(lambda: create_model("av_action_tiny"), noisy, cfg, noise)
+    finally:
+        torch.set_num_threads(threads)
+    # label-free: the estimated non-correspondence ranks the planted pairs well above chance (0.5)
+    assert info["corr_auc"] > 0.7, info["phase1"]
+    last = info["phase1"][-1]
+    assert last["weight_clean_mean"] > last["weight_noisy_mean"]
+
+
+def test_train_action_method_ntl_writes_an_exportable_checkpoint(action_ds, tmp_path):
+    """``train-action --method ntl`` on a real (tiny) SynthAV set: noise recorded, checkpoint in the export
+    format, selected on noisy validation labels among phase-2 epochs."""
+    import contextlib
+    import io
+    import json
+
+    from training.cli import main
+    from training.models import build_from_config
+    from training.utils import load_checkpoint
+
+    buf = io.StringIO()
+    threads = torch.get_num_threads()
+    try:
+        with contextlib.redirect_stdout(buf):
+            code = main(["train-action", "--method", "ntl", "model=av_action_tiny", f"data.train={action_ds}",
+                         f"data.val={action_ds}", "data.workers=1", "optim.epochs=3", "optim.batch_size=8",
+                         "ntl.phase1_frac=0.34", "ntl.warmup=1", "ntl.knn_k=3", "noise.corr_noise=0.25",
+                         "array_cache=", f"out={tmp_path}"])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    result = json.loads(buf.getvalue().strip().splitlines()[-1])
+    assert result["noise"]["label_noisy"] == round(0.4 * 16) and result["noise"]["corr_noisy"] == 4
+    assert result["best_epoch"] >= 1  # epoch 0 is phase 1: no classifier to select yet
+    ckpt = load_checkpoint(result["checkpoint"])
+    assert ckpt["kind"] == "action" and ckpt["config"]["method"] == "ntl"
+    assert ckpt["config"]["noise"]["label_noise"] == 0.4
+    model = build_from_config(ckpt["model"], ckpt["model_config"])
+    model.load_state_dict(ckpt["state_dict"])

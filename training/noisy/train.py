@@ -1,0 +1,149 @@
+"""Train the action model on noisy data with a noise-robust method and write a checkpoint that
+``python -m training export`` publishes like any other: ``python -m training train-action --method ntl``.
+
+Noise is injected into the training split (labels and correspondence) and, with the same rates but another
+seed, into the validation split: the checkpoint is selected by accuracy on *noisy* validation labels, never
+on clean ones. Under symmetric noise at rate r < (K-1)/K the expected noisy accuracy is
+``(1 - r) acc + r (1 - acc) / (K - 1)``, increasing in the clean accuracy, so it ranks epochs as the clean
+accuracy would. Only phase-2 epochs are candidates for NTL (phase 1 trains no classifier).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from training.config import save_config
+from training.data.noise import make_noise
+from training.data.synthav import ACTION_CLASSES
+from training.models import create_model, model_config
+from training.noisy.arrays import load_array_set
+from training.noisy.methods import METHODS, NTLConfig, RunConfig, accuracy
+from training.train_action import DataConfig, clip_spec_for
+from training.utils import save_checkpoint, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NoiseConfig:
+    label_noise: float = 0.4
+    label_noise_type: str = "sym"
+    corr_noise: float = 0.2
+    seed: int = 0  # the validation split's noise uses seed + 1
+    on_val: bool = True
+
+
+@dataclass
+class NoisyOptimConfig:
+    epochs: int = 24
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+
+
+@dataclass
+class NoisyActionConfig:
+    model: str = "av_action_small"
+    method: str = "ntl"
+    labels: list[str] = field(default_factory=lambda: list(ACTION_CLASSES))
+    data: DataConfig = field(default_factory=DataConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    optim: NoisyOptimConfig = field(default_factory=NoisyOptimConfig)
+    ntl: NTLConfig = field(default_factory=NTLConfig)
+    modality_dropout: float = 0.15
+    array_cache: str = "runs/noise/cache"  # decoded arrays kept here ('' for none)
+    seed: int = 0
+    deterministic: bool = False
+    threads: int = 1
+    out: str = "runs/action_ntl"
+    progress: bool = False
+
+
+def train_action_noisy(cfg: NoisyActionConfig) -> dict[str, Any]:
+    """Inject the configured noise, train with ``cfg.method``, keep the best checkpoint by noisy-val accuracy."""
+    if cfg.method not in METHODS:
+        raise ValueError(f"method {cfg.method!r}: one of {', '.join(METHODS)}")
+    seed_everything(cfg.seed, deterministic=cfg.deterministic)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    mcfg = model_config(cfg.model, num_classes=len(cfg.labels))
+    clip = clip_spec_for(cfg.model)
+    cache = cfg.array_cache or None
+    train = load_array_set(cfg.data.train, clip, cfg.labels, cfg.data.cache_dir, cache, cfg.data.workers,
+                           cfg.progress)
+    val = load_array_set(cfg.data.val, clip, cfg.labels, cfg.data.cache_dir, cache, cfg.data.workers, cfg.progress)
+    nc = cfg.noise
+    noise = make_noise(train.labels, len(cfg.labels), nc.label_noise, nc.label_noise_type, nc.corr_noise, nc.seed)
+    train = train.with_noise(noise.labels, noise.audio_source)
+    val_noise = None
+    if nc.on_val:
+        val_noise = make_noise(val.labels, len(cfg.labels), nc.label_noise, nc.label_noise_type, nc.corr_noise,
+                               nc.seed + 1)
+        val = val.with_noise(val_noise.labels, val_noise.audio_source)
+    log.info("train noise %s; val noise %s", noise.summary(), val_noise.summary() if val_noise else None)
+
+    run = RunConfig(epochs=cfg.optim.epochs, batch_size=cfg.optim.batch_size, lr=cfg.optim.lr,
+                    weight_decay=cfg.optim.weight_decay, modality_dropout=cfg.modality_dropout, seed=cfg.seed,
+                    ntl=cfg.ntl)
+    first_candidate = round(cfg.ntl.phase1_frac * run.epochs) if cfg.method == "ntl" and cfg.ntl.contrastive else 0
+    history: list[dict] = []
+    best: dict[str, Any] = {}
+
+    def on_epoch(model: torch.nn.Module, epoch: int, record: dict) -> None:
+        val_acc = accuracy(model, val)
+        history.append({**record, "epoch": epoch, "val_noisy_accuracy": val_acc})
+        log.info("epoch %d loss %.4f | noisy-val accuracy %.4f (%.0f s)", epoch, record["loss"], val_acc,
+                 record["seconds"])
+        if epoch >= first_candidate and (not best or val_acc >= best["val_noisy_accuracy"]):
+            best.update(epoch=epoch, val_noisy_accuracy=val_acc)
+            save_checkpoint(out / "best.pt", {
+                "kind": "action",
+                "model": cfg.model,
+                "model_config": dataclasses.asdict(mcfg),
+                "config": dataclasses.asdict(cfg),
+                "labels": cfg.labels,
+                "state_dict": model.state_dict(),
+                "metrics": {"epoch": epoch, "val_noisy_accuracy": val_acc},
+            })
+
+    def make() -> torch.nn.Module:
+        torch.manual_seed(cfg.seed)
+        return create_model(cfg.model, num_classes=len(cfg.labels))
+
+    t0 = time.perf_counter()
+    _, info = METHODS[cfg.method](make, train, run, noise, hook=on_epoch)
+    final: dict[str, Any] = {
+        "method": cfg.method,
+        "noise": noise.summary(),
+        "val_noise": val_noise.summary() if val_noise else None,
+        "best_epoch": best.get("epoch"),
+        "val_noisy_accuracy": best.get("val_noisy_accuracy"),
+        "train_seconds": time.perf_counter() - t0,
+    }
+    for key in ("corr_auc", "corr_auc_loss", "labels_corrected", "labels_broken", "phase1_knn"):
+        if key in info:
+            final[key] = info[key]
+    (out / "history.json").write_text(json.dumps({"epochs": history, "info": _jsonable(info)}, indent=1))
+    return final
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
