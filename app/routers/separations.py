@@ -1,0 +1,142 @@
+"""``/v1/separations``: split an uploaded video's audio into what the visible sources say (``on_screen``) and
+what is heard from off screen (``off_screen``), as tracks kept on disk for download until they expire."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Annotated
+
+import anyio
+import numpy as np
+from fastapi import APIRouter, File, Path, Query, Request, Response, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse
+from starlette.exceptions import HTTPException
+
+from app.deps import ServiceDep
+from app.jobs import FORMATS, Job, JobExpired, JobNotFound, JobStore
+from app.schemas import ModelRef, SeparationJob, SeparationTracks, problem_responses
+from model_store.dsp import Box, overlap_add, parse_box, separation_feeds
+from model_store.manifest import ClipSpec
+from model_store.media import Windows
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1", tags=["separations"])
+
+TASK = "separation"
+
+
+def job_store(service) -> JobStore:
+    if service.jobs is None:
+        raise HTTPException(503, "the separation result store is not running")
+    return service.jobs
+
+
+def _parse_hide(hide: str | None) -> Box | None:
+    if hide is None:
+        return None
+    try:
+        return parse_box(hide)
+    except ValueError as exc:
+        raise RequestValidationError([{
+            "type": "value_error", "loc": ("query", "hide"), "msg": f"hide={hide!r}: {exc}", "input": hide,
+        }]) from exc
+
+
+def _tracks(outputs: dict[str, np.ndarray], windows: Windows, clip: ClipSpec) -> dict[str, np.ndarray]:
+    return {name: overlap_add(outputs[name], windows.starts_s, clip, windows.duration_s)
+            for name in ("on_screen", "off_screen")}
+
+
+def _job_response(request: Request, job: Job) -> SeparationJob:
+    def url(track: str) -> str:
+        return str(request.url_for("download_track", job_id=job.id, filename=f"{track}.wav"))
+
+    return SeparationJob(
+        id=job.id, model=ModelRef(**job.model), sample_rate=job.sample_rate, duration_s=job.duration_s,
+        samples=job.samples, has_audio=job.has_audio, hide=job.hide,
+        tracks=SeparationTracks(on_screen=url("on_screen"), off_screen=url("off_screen")),
+        created_at=datetime.fromtimestamp(job.created_at, UTC), expires_at=datetime.fromtimestamp(job.expires_at, UTC),
+    )
+
+
+def _get_job(store: JobStore, job_id: str) -> Job:
+    try:
+        return store.get(job_id)
+    except JobExpired as exc:
+        raise HTTPException(410, f"separation {job_id} has expired and its tracks were removed") from exc
+    except JobNotFound as exc:
+        raise HTTPException(404, f"no separation {job_id} (never created, deleted, or expired)") from exc
+
+
+@router.post(
+    "/separations", status_code=201, response_model=SeparationJob, responses=problem_responses(413, 415, 422, 503)
+)
+async def create_separation(
+    request: Request,
+    response: Response,
+    service: ServiceDep,
+    file: Annotated[UploadFile, File(description="a video file with an audio track")],
+    hide: Annotated[str | None, Query(description="x0,y0,x1,y1 (normalised): blank this box in every frame, "
+                                                  "so a visible source there counts as off screen")] = None,
+) -> SeparationJob:
+    """Separate a video's audio into on-screen and off-screen tracks; returns the job with download URLs."""
+    model = service.model(TASK)
+    store = job_store(service)
+    manifest = model.manifest
+    box = _parse_hide(hide)
+    windows = await service.decode_upload(file.file, manifest)
+    feeds = await anyio.to_thread.run_sync(separation_feeds, windows, manifest.clip, box)
+    outputs = await service.batchers[TASK].infer(feeds)
+    tracks = await anyio.to_thread.run_sync(_tracks, outputs, windows, manifest.clip)
+    job = await anyio.to_thread.run_sync(lambda: store.create(
+        tracks, manifest.clip.sample_rate, model=ModelRef.of(manifest).model_dump(),
+        duration_s=float(windows.duration_s), has_audio=windows.has_audio,
+        hide=list(box) if box is not None else None))
+    log.info("separation %s: %.2f s, %d windows, hide=%s", job.id, windows.duration_s, len(windows), box)
+    response.headers["Location"] = str(request.url_for("get_separation", job_id=job.id))
+    return _job_response(request, job)
+
+
+JobId = Annotated[str, Path(description="the job id returned by POST /v1/separations")]
+
+
+@router.get("/separations/{job_id}", response_model=SeparationJob, responses=problem_responses(404, 410))
+async def get_separation(request: Request, service: ServiceDep, job_id: JobId) -> SeparationJob:
+    """The separation job: model, sample rate, duration, track URLs, expiry."""
+    job = await anyio.to_thread.run_sync(_get_job, job_store(service), job_id)
+    return _job_response(request, job)
+
+
+@router.get(
+    "/separations/{job_id}/{filename}",
+    response_class=FileResponse,
+    responses={200: {"content": {m: {} for _, _, m in FORMATS.values()}}, **problem_responses(404, 410)},
+)
+async def download_track(service: ServiceDep, job_id: JobId,
+                         filename: Annotated[str, Path(description="on_screen.wav, off_screen.flac, ...")]
+                         ) -> FileResponse:
+    """Download one track (``on_screen`` or ``off_screen``, ``.wav`` or ``.flac``); Range requests work."""
+    store = job_store(service)
+    track, _, ext = filename.partition(".")
+    _get_job(store, job_id)
+    try:
+        path = await anyio.to_thread.run_sync(store.track_path, job_id, track, ext)
+    except JobNotFound as exc:
+        raise HTTPException(404, f"no track {filename!r}; tracks are on_screen and off_screen, as "
+                                 f"{' or '.join('.' + e for e in FORMATS)}") from exc
+    except JobExpired as exc:
+        raise HTTPException(410, f"separation {job_id} has expired and its tracks were removed") from exc
+    return FileResponse(path, media_type=FORMATS[ext][2], filename=f"{job_id}-{filename}")
+
+
+@router.delete("/separations/{job_id}", status_code=204, response_class=Response,
+               responses=problem_responses(404, 410))
+async def delete_separation(service: ServiceDep, job_id: JobId) -> Response:
+    """Delete a separation job and its tracks now."""
+    store = job_store(service)
+    _get_job(store, job_id)
+    await anyio.to_thread.run_sync(store.delete, job_id)
+    return Response(status_code=204)

@@ -1,0 +1,382 @@
+"""On/off-screen separation training: ``python -m training train-separation [CONFIG] [key=value ...]``.
+
+Mixtures are made on the fly from clean sources (demucs/asteroid style): each clip's on-screen voice against
+an off-screen voice, which is with probability ``mix.own_off`` the clip's own recorded off-screen voice (so
+the ``same_pitch`` and ``two_faces`` variants' hard cases are seen) and otherwise another clip's on-screen
+voice, at a random relative level in ``mix.level_db``. Validation uses fixed mixtures (a fixed seed).
+
+Loss (``loss.*``): the paper's L1 on log-magnitude spectrograms of both outputs (our outputs are masks on the
+mixture's STFT, so the "phase term" is the mixture's phase, kept) plus ``loss.sisdr`` times the negative
+SI-SDR of both waveforms (dB). ``audio_only`` models are trained permutation-invariantly (PIT): the cheaper
+of the two output orders counts. Audio-visual models may mix in a share ``loss.pit_mix`` of that PIT loss,
+and train their sync backbone's head on an auxiliary correspondence task (``loss.sync``): which clean voice
+belongs to the frames.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from model_store.manifest import ClipSpec
+from model_store.media import normalize_video
+from training.config import save_config
+from training.data.datasets import load_clips, read_records, resolve_data
+from training.models import create_model, model_config
+from training.utils import load_checkpoint, save_checkpoint, seed_everything
+
+log = logging.getLogger(__name__)
+
+EPS = 1e-8  # SI-SDR: added to both energies so that silent windows give finite values
+
+
+@dataclass
+class SepDataConfig:
+    train: str = "synthav:seed=1,n=1000,kind=speech"
+    val: str = "synthav:seed=2,n=48,kind=speech"
+    cache_dir: str = "data/synthav"
+    workers: int = 2
+    val_windows: int = 96
+
+
+@dataclass
+class MixConfig:
+    level_db: tuple[float, float] = (-5.0, 5.0)  # off-screen voice relative to on-screen, dB
+    own_off: float = 0.5
+    gain: tuple[float, float] = (0.5, 1.5)  # overall gain of the mixture
+
+
+@dataclass
+class LossConfig:
+    logmag: float = 1.0
+    sisdr: float = 0.05  # per dB
+    # audio-visual models: share of the permutation-invariant loss, the rest in the fixed (on, off) order.
+    # Keeps the U-Net separating while the visual features learn which output is on screen; 1.0 is pure PIT.
+    pit_mix: float = 0.0
+    # audio-visual models: weight of an auxiliary correspondence loss on the backbone's head, binary
+    # cross-entropy of "the clean on-screen voice belongs to these frames" (1) and "the off-screen voice does" (0)
+    sync: float = 0.0
+
+
+@dataclass
+class SepOptimConfig:
+    steps: int = 1500
+    batch_size: int = 12
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    eval_every: int = 250
+
+
+@dataclass
+class SeparationTrainConfig:
+    model: str = "separation_small"
+    init_avsync: str = ""  # a pretrained sync-network checkpoint whose weights initialise the backbone
+    init_unet: str = ""  # a separation checkpoint (e.g. the audio-only PIT run) whose U-Net initialises this one
+    data: SepDataConfig = field(default_factory=SepDataConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: SepOptimConfig = field(default_factory=SepOptimConfig)
+    window_hop_s: float = 0.75  # sliding-window hop recorded in the clip spec (overlap-add at inference)
+    seed: int = 0
+    deterministic: bool = False
+    threads: int = 1
+    out: str = "runs/separation"
+    progress: bool = True
+
+
+def clip_spec_for(model_name: str, hop_s: float | None = None) -> ClipSpec:
+    from model_store.manifest import StftSpec
+
+    cfg = model_config(model_name)
+    return ClipSpec(fps=cfg.fps, frames=cfg.frames, height=cfg.size, width=cfg.size, sample_rate=cfg.sample_rate,
+                    audio_samples=cfg.audio_samples, hop_s=hop_s,
+                    stft=StftSpec(n_fft=cfg.n_fft, hop_length=cfg.hop, win_length=cfg.n_fft))
+
+
+# ------------------------------------------------------------------------------------------- losses
+
+
+def si_sdr(est: torch.Tensor, ref: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """Scale-invariant SDR in dB, zero-mean. Shape: (..., S), (..., S) -> (...)."""
+    est = est - est.mean(dim=-1, keepdim=True)
+    ref = ref - ref.mean(dim=-1, keepdim=True)
+    scale = (est * ref).sum(-1, keepdim=True) / (ref.pow(2).sum(-1, keepdim=True) + eps)
+    target = scale * ref
+    noise = est - target
+    return 10 * torch.log10((target.pow(2).sum(-1) + eps) / (noise.pow(2).sum(-1) + eps))
+
+
+def log_mag_l1(model: torch.nn.Module, est_masks: torch.Tensor, mix_re: torch.Tensor, mix_im: torch.Tensor,
+               refs: torch.Tensor) -> torch.Tensor:
+    """Per-sample, per-output L1 between log-magnitudes. Shape: masks (B, 2, F, N), refs (B, 2, S) -> (B, 2)."""
+    mix_mag = torch.sqrt(mix_re * mix_re + mix_im * mix_im + 1e-10)[:, None]  # (B, 1, F, N)
+    b = refs.shape[0]
+    re, im = model.stft(refs.reshape(b * 2, -1))
+    ref_mag = torch.sqrt(re * re + im * im + 1e-10).reshape(b, 2, *re.shape[1:])  # (B, 2, F, N)
+    return (torch.log(est_masks * mix_mag + 1e-4) - torch.log(ref_mag + 1e-4)).abs().mean(dim=(2, 3))
+
+
+def separation_loss(model: torch.nn.Module, video: torch.Tensor, mix: torch.Tensor, refs: torch.Tensor,
+                    cfg: LossConfig, pit: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward shared by training and validation: (loss, estimates (B, 2, S))."""
+    masks, re, im = model.forward_masks(video, mix)
+    on = model.istft(masks[:, 0] * re, masks[:, 0] * im)
+    off = model.istft(masks[:, 1] * re, masks[:, 1] * im)
+    est = torch.stack([on, off], dim=1)  # (B, 2, S)
+
+    def per_sample(m: torch.Tensor, e: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        total = cfg.logmag * log_mag_l1(model, m, re, im, r).sum(1)
+        if cfg.sisdr:
+            total = total - cfg.sisdr * si_sdr(e, r).sum(1)
+        return total  # (B,)
+
+    loss = per_sample(masks, est, refs)
+    if pit or cfg.pit_mix > 0:
+        best = torch.minimum(loss, per_sample(masks.flip(1), est.flip(1), refs))
+        loss = best if pit else (1.0 - cfg.pit_mix) * loss + cfg.pit_mix * best
+    loss = loss.mean()
+    if cfg.sync > 0 and getattr(model, "backbone", None) is not None:
+        b = refs.shape[0]
+        logits = model.sync_logit(torch.cat([video, video]), torch.cat([refs[:, 0], refs[:, 1]]))  # (2B,)
+        target = torch.cat([torch.ones(b), torch.zeros(b)]).to(logits)
+        loss = loss + cfg.sync * F.binary_cross_entropy_with_logits(logits, target)
+    return loss, est
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class SourceSet:
+    """Decoded frames and clean tracks of a speech dataset at a model's clip spec."""
+
+    frames: list[np.ndarray]  # each (N, H, W, 3) uint8
+    on: list[np.ndarray]  # each (S,) float32
+    off: list[np.ndarray]
+
+
+def load_sources(spec_str: str, clip: ClipSpec, data: SepDataConfig, progress: bool = False) -> SourceSet:
+    """Decode (once; cached as .npz beside the dataset) frames and the clean on/off tracks."""
+    from training.data.synthav_speech import load_audio
+
+    root = resolve_data(spec_str, data.cache_dir)
+    key = f"sep-{clip.fps:g}fps-{clip.frames}f-{clip.width}px-{clip.sample_rate}hz"
+    cache = root / f"{key}.npz"
+    if cache.is_file():
+        z = np.load(cache, allow_pickle=False)
+        n = int(z["n"])
+        return SourceSet([z[f"f{i}"] for i in range(n)], [z[f"on{i}"] for i in range(n)],
+                         [z[f"off{i}"] for i in range(n)])
+    records = read_records(root)
+    if any(r.on_screen is None or r.off_screen is None for r in records):
+        raise ValueError(f"{root}: separation needs on_screen and off_screen tracks in index.csv")
+    clips = load_clips([dataclasses.replace(r, label=None) for r in records], clip, [], workers=data.workers,
+                       progress=progress)
+    frames = [c.frames for c in clips]
+    on = [load_audio(r.on_screen, clip.sample_rate) for r in records]
+    off = [load_audio(r.off_screen, clip.sample_rate) for r in records]
+    arrays = {"n": np.array(len(records))}
+    for i in range(len(records)):
+        arrays[f"f{i}"], arrays[f"on{i}"], arrays[f"off{i}"] = frames[i], on[i], off[i]
+    tmp = cache.with_name(cache.stem + ".partial.npz")
+    np.savez(tmp, **arrays)
+    tmp.rename(cache)
+    return SourceSet(frames, on, off)
+
+
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(x.astype(np.float64) ** 2)) + 1e-6)
+
+
+def make_batch(src: SourceSet, clip: ClipSpec, mix: MixConfig, rng: np.random.Generator, size: int
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """On-the-fly mixtures: (video (B, 3, T, H, W), mixture (B, S), refs (B, 2, S))."""
+    n_clips, S, T = len(src.frames), clip.audio_samples, clip.frames
+    videos, mixes, refs = [], [], []
+    for _ in range(size):
+        i = int(rng.integers(n_clips))
+        n_frames = len(src.frames[i])
+        f0 = int(rng.integers(0, max(1, n_frames - T + 1)))
+        a0 = int(round(f0 / clip.fps * clip.sample_rate))
+        on = _window(src.on[i], a0, S)
+        if rng.uniform() < mix.own_off:
+            off = _window(src.off[i], a0, S)
+        else:
+            j = int(rng.integers(n_clips - 1))
+            j += j >= i
+            b0 = int(rng.integers(0, max(1, len(src.on[j]) - S + 1)))
+            off = _window(src.on[j], b0, S)
+        level = rng.uniform(*mix.level_db)
+        off = off * (_rms(on) / _rms(off) * 10.0 ** (level / 20.0))
+        gain = rng.uniform(*mix.gain)
+        on, off = on * gain, off * gain
+        peak = np.abs(on + off).max()
+        if peak > 0.99:
+            on, off = on * (0.99 / peak), off * (0.99 / peak)
+        idx = np.minimum(np.arange(f0, f0 + T), n_frames - 1)
+        videos.append(normalize_video(src.frames[i][idx], clip))
+        mixes.append((on + off).astype(np.float32))
+        refs.append(np.stack([on, off]).astype(np.float32))
+    return torch.from_numpy(np.stack(videos)), torch.from_numpy(np.stack(mixes)), torch.from_numpy(np.stack(refs))
+
+
+def _window(x: np.ndarray, start: int, length: int) -> np.ndarray:
+    out = np.zeros(length, dtype=np.float32)
+    chunk = x[start : start + length]
+    out[: len(chunk)] = chunk
+    return out
+
+
+# ------------------------------------------------------------------------------------------ loops
+
+
+def train_one_epoch(model, batches, optimizer, scheduler, cfg: SeparationTrainConfig, device, pit: bool):
+    """``batches``: an iterable of (video, mixture, refs); returns mean loss and SI-SDR of the on-screen output."""
+    model.train()
+    loss_sum, sdr_sum, n = 0.0, 0.0, 0
+    for video, mixture, refs in batches:
+        video, mixture, refs = video.to(device), mixture.to(device), refs.to(device)
+        loss, est = separation_loss(model, video, mixture, refs, cfg.loss, pit)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.item()
+        with torch.no_grad():
+            sdr_sum += si_sdr(est[:, 0], refs[:, 0]).mean().item()
+        n += 1
+    return {"loss": loss_sum / max(n, 1), "si_sdr_on": sdr_sum / max(n, 1)}
+
+
+@torch.inference_mode()
+def evaluate(model, val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], cfg: SeparationTrainConfig,
+             device, pit: bool) -> dict[str, float]:
+    """SI-SDR improvement over the mixture on fixed mixtures (PIT models: the better output order)."""
+    model.eval()
+    imp_on, imp_off, losses = [], [], []
+    for video, mixture, refs in val:
+        video, mixture, refs = video.to(device), mixture.to(device), refs.to(device)
+        loss, est = separation_loss(model, video, mixture, refs, cfg.loss, pit)
+        losses.append(loss.item())
+        if pit:
+            keep = si_sdr(est, refs).sum(1) >= si_sdr(est.flip(1), refs).sum(1)
+            est = torch.where(keep[:, None, None], est, est.flip(1))
+        base = si_sdr(mixture[:, None].expand_as(refs), refs)  # (B, 2)
+        imp = si_sdr(est, refs) - base
+        imp_on.append(imp[:, 0])
+        imp_off.append(imp[:, 1])
+    return {"loss": float(np.mean(losses)), "si_sdri_on": torch.cat(imp_on).mean().item(),
+            "si_sdri_off": torch.cat(imp_off).mean().item()}
+
+
+def init_backbone(model: torch.nn.Module, checkpoint: str) -> dict[str, int]:
+    """Load a sync-network checkpoint into ``model.backbone`` (tensors whose names and shapes match)."""
+    ckpt = load_checkpoint(checkpoint)
+    state = ckpt.get("state_dict", ckpt)
+    own = model.backbone.state_dict()
+    prefix = "backbone." if any(k.startswith("backbone.") for k in state) else ""
+    matched = {k: v for k, v in ((k[len(prefix):], v) for k, v in state.items() if k.startswith(prefix))
+               if k in own and own[k].shape == v.shape}
+    model.backbone.load_state_dict(matched, strict=False)
+    log.info("init_avsync: %d of %d backbone tensors loaded from %s", len(matched), len(own), checkpoint)
+    return {"loaded": len(matched), "total": len(own)}
+
+
+def init_unet(model: torch.nn.Module, checkpoint: str) -> dict[str, int]:
+    """Copy a separation checkpoint's U-Net (not its backbone) into ``model``. Where this model's encoder takes
+    extra (audio-visual) input channels, the old weights fill the first channels and the new ones start at
+    zero, so the model starts out computing exactly what the checkpoint computed."""
+    state = load_checkpoint(checkpoint)["state_dict"]
+    own = model.state_dict()
+    loaded, widened = 0, 0
+    for name, value in state.items():
+        if name.startswith("backbone.") or name not in own:
+            continue
+        target = own[name]
+        if target.shape == value.shape:
+            own[name] = value
+            loaded += 1
+        elif target.ndim == 4 and target.shape[0] == value.shape[0] and target.shape[1] > value.shape[1]:
+            wide = torch.zeros_like(target)
+            wide[:, : value.shape[1]] = value
+            own[name] = wide
+            widened += 1
+    model.load_state_dict(own)
+    log.info("init_unet: %d tensors copied, %d widened with zeros for the audio-visual channels, from %s",
+             loaded, widened, checkpoint)
+    return {"loaded": loaded, "widened": widened}
+
+
+def train_separation(cfg: SeparationTrainConfig) -> dict[str, Any]:
+    """Train for ``optim.steps`` steps, validate every ``eval_every``, keep the best; returns final metrics."""
+    seed_everything(cfg.seed, deterministic=cfg.deterministic)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+
+    mcfg = model_config(cfg.model)
+    pit = bool(mcfg.audio_only)
+    clip = clip_spec_for(cfg.model, cfg.window_hop_s)
+    train_src = load_sources(cfg.data.train, clip, cfg.data, cfg.progress)
+    val_src = load_sources(cfg.data.val, clip, cfg.data, cfg.progress)
+    val_rng = np.random.default_rng(12345)
+    val = [make_batch(val_src, clip, cfg.mix, val_rng, 16) for _ in range(math.ceil(cfg.data.val_windows / 16))]
+
+    model = create_model(cfg.model).to(device)
+    init_info = None
+    if cfg.init_unet:
+        init_info = {"unet": init_unet(model, cfg.init_unet)}
+    if cfg.init_avsync:
+        if model.backbone is None:
+            raise ValueError("init_avsync given for an audio-only model")
+        init_info = {**(init_info or {}), "avsync": init_backbone(model, cfg.init_avsync)}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.optim.lr, total_steps=cfg.optim.steps,
+                                                    pct_start=0.1)
+    rng = np.random.default_rng(cfg.seed)
+    history, best = [], None
+    done, t_start = 0, time.perf_counter()
+    while done < cfg.optim.steps:
+        n_steps = min(cfg.optim.eval_every, cfg.optim.steps - done)
+        t0 = time.perf_counter()
+        batches = (make_batch(train_src, clip, cfg.mix, rng, cfg.optim.batch_size) for _ in range(n_steps))
+        tr = train_one_epoch(model, batches, optimizer, scheduler, cfg, device, pit)
+        done += n_steps
+        va = evaluate(model, val, cfg, device, pit)
+        history.append({"step": done, "train": tr, "val": va, "seconds": time.perf_counter() - t0})
+        log.info("step %d train loss %.3f si-sdr(on) %.2f | val loss %.3f si-sdri on %.2f off %.2f (%.0f s)",
+                 done, tr["loss"], tr["si_sdr_on"], va["loss"], va["si_sdri_on"], va["si_sdri_off"],
+                 time.perf_counter() - t0)
+        score = va["si_sdri_on"] + va["si_sdri_off"]
+        if best is None or score >= best["score"]:
+            best = {"score": score, **history[-1]}
+            save_checkpoint(out / "best.pt", {
+                "kind": "separation",
+                "model": cfg.model,
+                "model_config": dataclasses.asdict(mcfg),
+                "config": dataclasses.asdict(cfg),
+                "clip": clip.model_dump(),
+                "pit": pit,
+                "init_avsync": init_info or {},
+                "state_dict": model.state_dict(),
+                "metrics": {"step": done, **{f"val_{k}": float(v) for k, v in va.items()}},
+            })
+        (out / "history.json").write_text(json.dumps(history, indent=2))
+    final = {f"val_{k}": float(v) for k, v in best["val"].items()}
+    final["step"] = best["step"]
+    final["train_seconds"] = time.perf_counter() - t_start
+    return final
