@@ -53,6 +53,36 @@ class ActionResponse(BaseModel):
     segments: list[ActionSegment]
 
 
+class Grid(BaseModel):
+    height: int
+    width: int
+
+
+class Peak(BaseModel):
+    x: float = Field(ge=0, le=1, description="normalised image coordinate, 0 = left edge")
+    y: float = Field(ge=0, le=1, description="normalised image coordinate, 0 = top edge")
+
+
+class HeatmapFrame(BaseModel):
+    t_s: float = Field(description="the time this heatmap stands for (centre of its span)")
+    heatmap: list[list[float]] = Field(description="grid.height rows of grid.width values in [0, 1]")
+    peak: Peak
+
+
+class LocalizationResponse(BaseModel):
+    """Where the sound comes from: the sync network's class activation map over the whole video.
+
+    Heatmaps are normalised over the whole video, so quiet moments look cooler than loud ones.
+    """
+
+    model: ModelRef
+    duration_s: float
+    has_audio: bool
+    sync_score: float = Field(ge=0, le=1, description="mean probability that the audio is in sync with the frames")
+    grid: Grid
+    frames: list[HeatmapFrame]
+
+
 class ModelInfo(BaseModel):
     """A loaded model: what it is, how to feed it, how well it did when published."""
 
@@ -93,3 +123,27 @@ class Readiness(BaseModel):
 def problem_responses(*statuses: int) -> dict[int | str, dict]:
     """OpenAPI ``responses=`` entries for problem+json errors."""
     return {s: {"model": Problem, "content": {"application/problem+json": {}}} for s in statuses}
+
+
+class SeparationTracks(BaseModel):
+    """Download URLs of the two tracks (``.wav``; the same path with ``.flac`` gives FLAC)."""
+
+    on_screen: str
+    off_screen: str
+
+
+class SeparationJob(BaseModel):
+    """A separation result: what the visible sources say and what is heard from off screen, kept until
+    ``expires_at``."""
+
+    id: str
+    model: ModelRef
+    sample_rate: int
+    duration_s: float
+    samples: int = Field(description="samples per track: round(duration_s * sample_rate)")
+    has_audio: bool
+    hide: list[float] | None = Field(default=None, description="the blanked box x0, y0, x1, y1 (normalised)")
+    tracks: SeparationTracks
+    formats: list[str] = ["wav", "flac"]
+    created_at: datetime
+    expires_at: datetime

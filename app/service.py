@@ -15,6 +15,7 @@ import anyio
 from fastapi import HTTPException
 
 from app.inference import MicroBatcher
+from app.jobs import JobStore
 from app.settings import Settings
 from model_store.manifest import Manifest
 from model_store.media import MediaError, MediaLimits, Windows, load_windows
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 # what each task's pipeline feeds and reads; checked against the manifest at startup
 REQUIRED_IO: dict[str, tuple[set[str], set[str]]] = {
     "action": ({"video"}, {"logits"}),
+    "avsync": ({"video", "audio"}, {"sync_logit", "cam"}),
+    "separation": ({"video", "audio"}, {"on_screen", "off_screen"}),
 }
 
 
@@ -37,6 +40,8 @@ class ServiceState:
     batchers: dict[str, MicroBatcher] = field(default_factory=dict)
     ready: bool = False
     decode_slots: asyncio.Semaphore | None = None
+    jobs: JobStore | None = None  # separation results on disk, swept after results_ttl_s
+    _sweeper: asyncio.Task | None = None
 
     @property
     def media_limits(self) -> MediaLimits:
@@ -50,6 +55,8 @@ class ServiceState:
         """
         s = self.settings
         self.decode_slots = asyncio.Semaphore(s.max_concurrent_decodes)
+        self.jobs = JobStore(s.results_dir, s.results_ttl_s)
+        self._sweeper = asyncio.create_task(self.jobs.run_sweeper(s.results_sweep_s), name="results-sweeper")
         self.store = store = ModelStore(s.model_root)
         tasks = s.tasks if s.tasks is not None else await anyio.to_thread.run_sync(self.store.tasks)
         if not tasks:
@@ -70,6 +77,9 @@ class ServiceState:
 
     async def stop(self) -> None:
         self.ready = False
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for batcher in self.batchers.values():
             await batcher.stop()
         self.batchers.clear()

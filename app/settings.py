@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -40,6 +41,10 @@ class Settings(BaseSettings):
     max_batch: int = Field(default=16, ge=1, description="most windows one ONNX run takes")
     batch_timeout_ms: float = Field(default=5.0, ge=0, description="how long a batch waits for more windows")
     max_concurrent_decodes: int = Field(default=2, ge=1)
+    results_dir: Path = Field(default=Path(tempfile.gettempdir()) / "avscene-results",
+                              description="where separation tracks are kept until they expire")
+    results_ttl_s: float = Field(default=3600.0, gt=0, description="how long separation results are kept")
+    results_sweep_s: float = Field(default=60.0, gt=0, description="how often expired results are removed")
     tasks: Annotated[list[str] | None, NoDecode] = Field(
         default=None, description="tasks to load; default: every task published in the store"
     )

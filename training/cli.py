@@ -12,12 +12,19 @@ from model_store import DEFAULT_ROOT
 
 log = logging.getLogger("training")
 
-EVAL_TASKS = ("action",)
+EVAL_TASKS = ("action", "alignment", "localization", "separation")
+AVSYNC_EVALS = ("alignment", "localization")  # both score the published avsync model
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
     from training.data import synthav
 
+    if args.kind.startswith("speech"):
+        from training.data.synthav_speech import write_speech_dataset
+
+        print(write_speech_dataset(args.out, n=args.n, seed=args.seed, kind=args.kind, voices=args.voices,
+                                   workers=args.workers, progress=True))
+        return 0
     if args.kind != "actions":
         print(f"synth: kind {args.kind!r} is not available yet (actions)", file=sys.stderr)
         return 2
@@ -31,8 +38,36 @@ def _cmd_train_action(args: argparse.Namespace) -> int:
     from training.train_action import ActionTrainConfig, train_action
 
     config, overrides = _split_config_args(args.config, args.overrides)
+    if args.method:  # noise-robust training on noisily labelled / paired data (training/noisy)
+        from training.noisy.train import NoisyActionConfig, train_action_noisy
+
+        ncfg = load_config(NoisyActionConfig, config, [*overrides, f"method={args.method}"])
+        print(json.dumps({"checkpoint": str(Path(ncfg.out) / "best.pt"), **train_action_noisy(ncfg)}))
+        return 0
     cfg = load_config(ActionTrainConfig, config, overrides)
     metrics = train_action(cfg)
+    print(json.dumps({"checkpoint": str(Path(cfg.out) / "best.pt"), **metrics}))
+    return 0
+
+
+def _cmd_train_separation(args: argparse.Namespace) -> int:
+    from training.config import load_config
+    from training.train_separation import SeparationTrainConfig, train_separation
+
+    config, overrides = _split_config_args(args.config, args.overrides)
+    cfg = load_config(SeparationTrainConfig, config, overrides)
+    metrics = train_separation(cfg)
+    print(json.dumps({"checkpoint": str(Path(cfg.out) / "best.pt"), **metrics}))
+    return 0
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from training.config import load_config
+    from training.pretrain import PretrainConfig, pretrain
+
+    config, overrides = _split_config_args(args.config, args.overrides)
+    cfg = load_config(PretrainConfig, config, overrides)
+    metrics = pretrain(cfg)
     print(json.dumps({"checkpoint": str(Path(cfg.out) / "best.pt"), **metrics}))
     return 0
 
@@ -54,7 +89,39 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate_avsync(args: argparse.Namespace) -> int:
+    from model_store.registry import ModelStore
+    from model_store.runtime import load_model
+    from training.data.datasets import read_records, resolve_data
+
+    version = int(args.version) if args.version and args.version.isdigit() else args.version
+    model = load_model(ModelStore(args.root), "avsync", version)
+    records = read_records(resolve_data(args.data, args.cache_dir))
+    result = {"task": args.task, "model": model.manifest.name, "version": model.manifest.version, "data": args.data}
+    if args.task == "alignment":
+        from training.pretrain import eval_shifts, load_eval_clips, score_alignment
+
+        clips = load_eval_clips(records, model.manifest.clip, progress=not args.quiet)
+        shifts = eval_shifts(model.manifest)
+        result.update(score_alignment(model, clips, shifts), shift_s=list(shifts))
+    else:
+        from training.localization import score_localization
+
+        result.update(score_localization(model, records, progress=not args.quiet))
+    text = json.dumps(result)
+    if args.json and args.json != "-":
+        Path(args.json).write_text(text + "\n")
+    print(text)
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.task in AVSYNC_EVALS:
+        return _cmd_evaluate_avsync(args)
+    if args.task == "separation":
+        from training.separation_eval import cli_evaluate
+
+        return cli_evaluate(args)
     from model_store.registry import ModelStore
     from model_store.runtime import load_model
     from training.data.datasets import read_records, resolve_data
@@ -89,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("synth", help="render a SynthAV dataset directory")
-    s.add_argument("--kind", default="actions", choices=["actions", "speech"])
+    s.add_argument("--kind", default="actions",
+                   choices=["actions", "speech", "speech_plain", "speech_same_pitch", "speech_two_faces"])
+    s.add_argument("--voices", help="speech: a folder of voice recordings (any sample rate) instead of synthetic")
     s.add_argument("--n", type=int, required=True)
     s.add_argument("--seed", type=int, required=True)
     s.add_argument("--out", required=True)
@@ -99,7 +168,19 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train-action", help="train the audio-visual action classifier")
     t.add_argument("config", nargs="?", help="YAML config (optional)")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.epochs=3")
+    t.add_argument("--method", choices=["ce", "gce", "sce", "coteaching", "ntl"],
+                   help="train on noise-injected data with this method (config: training/configs/action_ntl.yaml)")
     t.set_defaults(func=_cmd_train_action)
+
+    ts = sub.add_parser("train-separation", help="train the on/off-screen separation U-Net")
+    ts.add_argument("config", nargs="?", help="YAML config (optional)")
+    ts.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.steps=100")
+    ts.set_defaults(func=_cmd_train_separation)
+
+    pt = sub.add_parser("pretrain", help="self-supervised audio-visual sync pretext (avsync)")
+    pt.add_argument("config", nargs="?", help="YAML config (optional)")
+    pt.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.steps=100")
+    pt.set_defaults(func=_cmd_pretrain)
 
     e = sub.add_parser("export", help="ONNX export, checks, publish to the store (new version)")
     e.add_argument("--checkpoint", required=True)
@@ -124,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--tasks", default="action")
     b.add_argument("--cache-dir", default="data/synthav")
     b.set_defaults(func=_cmd_build_defaults)
+
+    from training.noise_benchmark import add_parser as add_noise_benchmark
+
+    add_noise_benchmark(sub)
     return p
 
 

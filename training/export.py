@@ -114,6 +114,57 @@ def action_export(ckpt: dict[str, Any], out_dir: Path) -> tuple[Path, dict[str, 
     return path, fields
 
 
+def avsync_export(ckpt: dict[str, Any], out_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """The sync network with two outputs: ``sync_logit`` (batch,) and ``cam`` (batch, T', h, w)."""
+    mcfg = ckpt["model_config"]
+    model = build_from_config(ckpt["model"], mcfg)
+    model.load_state_dict(ckpt["state_dict"])
+    clip = ClipSpec(fps=mcfg["fps"], frames=mcfg["frames"], height=mcfg["size"], width=mcfg["size"],
+                    sample_rate=mcfg["sample_rate"], audio_samples=model.cfg.audio_samples)
+    example = {
+        "video": torch.randn(2, 3, clip.frames, clip.height, clip.width),
+        "audio": torch.randn(2, clip.audio_samples) * 0.1,
+    }
+    path = out_dir / "model.onnx"
+    diffs = export_onnx(model, example, ["sync_logit", "cam"], path)
+    graph = onnx.load(str(path)).graph
+    fields = {
+        "task": "avsync",
+        "name": ckpt["model"],
+        "opset": OPSET,
+        "inputs": [s.model_dump() for s in _tensor_specs(graph.input)],
+        "outputs": [s.model_dump() for s in _tensor_specs(graph.output)],
+        "clip": clip.model_dump(),
+        "training": {
+            "config": ckpt["config"],
+            "model_config": mcfg,
+            "shift_s": ckpt.get("shift_s"),
+            "checkpoint_metrics": ckpt.get("metrics", {}),
+            "export_parity_max_abs": diffs,
+            "command": " ".join(["python -m training", *sys.argv[1:]]) if sys.argv else "",
+        },
+        "versions": {**ckpt.get("versions", {}), **{f"export_{k}": v for k, v in software_versions().items()}},
+    }
+    return path, fields
+
+
+def _score_avsync(path: Path, fields: dict[str, Any], eval_data: str, cache_dir: str):
+    from training.data.datasets import read_records, resolve_data
+    from training.localization import score_localization
+    from training.pretrain import eval_shifts, load_eval_clips, score_alignment
+
+    model = candidate(path, fields)
+    records = read_records(resolve_data(eval_data, cache_dir))
+    align = score_alignment(model, load_eval_clips(records, model.manifest.clip), eval_shifts(model.manifest))
+    loc = score_localization(model, records, progress=True)
+    metrics = {"accuracy": align["accuracy"], **{k: loc[k] for k in ("ciou_success", "auc", "mean_ciou")}}
+    for name, base in loc["baselines"].items():
+        metrics.update({f"{name}_{k}": base[k] for k in ("ciou_success", "auc", "mean_ciou")})
+    log.info("scored on %s: %s", eval_data, metrics)
+    return metrics, (f"{eval_data} ({loc['n']} clips; alignment: {align['n']} held-out windows, half shifted; "
+                     "centre_* and motion_* are the localization baselines)")
+
+
 def export_checkpoint(checkpoint: str | Path, store: ModelStore, eval_data: str | None = None,
                       alias: str | None = "production", cache_dir: str = "data/synthav",
                       extra_training: dict[str, Any] | None = None) -> Manifest:
@@ -123,12 +174,21 @@ def export_checkpoint(checkpoint: str | Path, store: ModelStore, eval_data: str 
     with tempfile.TemporaryDirectory() as tmp:
         if kind == "action":
             path, fields = action_export(ckpt, Path(tmp))
+        elif kind == "avsync":
+            path, fields = avsync_export(ckpt, Path(tmp))
+        elif kind == "separation":
+            from training.separation_export import separation_export
+
+            path, fields = separation_export(ckpt, Path(tmp))
         else:
             raise ExportError(f"{checkpoint}: no exporter for checkpoint kind {kind!r}")
         if extra_training:
             fields["training"].update(extra_training)
         if eval_data is not None:
-            fields["metrics"], fields["metrics_data"] = _score_candidate(path, fields, eval_data, cache_dir)
+            score = _score_avsync if kind == "avsync" else _score_candidate
+            if kind == "separation":
+                from training.separation_export import score_separation_candidate as score
+            fields["metrics"], fields["metrics_data"] = score(path, fields, eval_data, cache_dir)
         return store.publish(path, fields, alias=alias)
 
 

@@ -54,6 +54,8 @@ class ActionTrainConfig:
     threads: int = 0
     out: str = "runs/action"
     progress: bool = True
+    # a pretrained avsync (pretext) checkpoint whose network initialises the model's backbone ('' for none)
+    init_checkpoint: str = ""
 
 
 def clip_spec_for(model_name: str) -> ClipSpec:
@@ -135,6 +137,18 @@ def load_split(spec: str, clip: ClipSpec, labels: list[str], data: DataConfig, p
     return load_clips(read_records(root), clip, labels, workers=data.workers, progress=progress)
 
 
+def load_pretrained_backbone(model: nn.Module, checkpoint: str | Path) -> None:
+    """Initialise ``model.backbone`` from a pretext checkpoint (``python -m training pretrain``)."""
+    from training.utils import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    if ckpt.get("kind") != "avsync" or not hasattr(model, "load_backbone"):
+        raise ValueError(f"init_checkpoint {checkpoint}: needs an avsync pretext checkpoint and a model with a sync "
+                         f"backbone (e.g. avsync_action_small); got kind {ckpt.get('kind')!r}")
+    model.load_backbone(ckpt["state_dict"])
+    log.info("backbone initialised from %s (%s)", checkpoint, ckpt.get("metrics", {}))
+
+
 def train_action(cfg: ActionTrainConfig, init_state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """Train, validate each epoch, keep the best checkpoint; returns the final metrics."""
     seed_everything(cfg.seed, deterministic=cfg.deterministic)
@@ -157,6 +171,8 @@ def train_action(cfg: ActionTrainConfig, init_state: dict[str, torch.Tensor] | N
     model = create_model(cfg.model, num_classes=len(cfg.labels)).to(device)
     if init_state is not None:
         model.load_state_dict(init_state)
+    elif cfg.init_checkpoint:
+        load_pretrained_backbone(model, cfg.init_checkpoint)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=cfg.optim.lr, total_steps=cfg.optim.epochs * len(train_loader), pct_start=0.15

@@ -80,10 +80,17 @@ def resolve_data(spec: str, cache_dir: str | Path = "data/synthav") -> Path:
     out = Path(cache_dir) / f"{synth['kind']}-seed{synth['seed']}-n{synth['n']}"
     if not (out / "index.csv").is_file():
         log.info("rendering %s into %s", spec, out)
-        if synth["kind"] != "actions":
-            raise ValueError(f"SynthAV kind {synth['kind']!r} is not available yet")
         tmp = out.with_name(out.name + ".partial")
-        synthav.write_action_dataset(tmp, n=int(synth["n"]), seed=int(synth["seed"]), progress=True, workers=2)
+        if str(synth["kind"]).startswith("speech"):
+            from training.data import synthav_speech
+
+            synthav_speech.write_speech_dataset(tmp, n=int(synth["n"]), seed=int(synth["seed"]),
+                                                kind=str(synth["kind"]), progress=True, workers=2)
+        elif synth["kind"] != "actions":
+            raise ValueError(f"SynthAV kind {synth['kind']!r} is not available (actions, speech*)")
+        else:
+            synthav.write_action_dataset(tmp, n=int(synth["n"]), seed=int(synth["seed"]), progress=True,
+                                         workers=2)
         tmp.rename(out)
     return out
 

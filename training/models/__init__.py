@@ -47,4 +47,8 @@ _loaders: list[Callable[[], None]] = []
 
 
 def _ensure_loaded() -> None:
-    from training.models import action  # noqa: F401  (registers its variants)
+    from training.models import (
+        action,  # noqa: F401  (registers its variants)
+        avsync,  # noqa: F401
+        separation,  # noqa: F401
+    )
