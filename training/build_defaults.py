@@ -17,7 +17,7 @@ from model_store.registry import ModelStore
 log = logging.getLogger(__name__)
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
-EVAL_DATA = {"action": "synthav:seed=1000,n=200"}
+EVAL_DATA = {"action": "synthav:seed=1000,n=200", "avsync": "synthav:seed=1000,n=200"}
 
 
 def build_separation(root: Path, cache_dir: str) -> None:
@@ -61,9 +61,6 @@ def _publish_fresh(root: Path, task: str, checkpoint: Path, eval_data: str, cach
     log.info("default %s model: v%d, metrics %s", task, manifest.version, manifest.metrics)
 
 
-BUILDERS = {"action": build_action}
-
-
 def build_avsync(root: Path, cache_dir: str) -> None:
     """The sync network, pretext-trained without labels (``avsync_default.yaml``), scored on unseen clips."""
     from training.config import load_config
@@ -77,9 +74,8 @@ def build_avsync(root: Path, cache_dir: str) -> None:
     _publish_fresh(root, "avsync", Path(cfg.out) / "best.pt", EVAL_DATA["avsync"], cache_dir, extra)
 
 
-BUILDERS["avsync"] = build_avsync
-EVAL_DATA["avsync"] = "synthav:seed=1000,n=200"
-BUILDERS["separation"] = build_separation
+# in dependency order: separation can start from the avsync checkpoint
+BUILDERS = {"action": build_action, "avsync": build_avsync, "separation": build_separation}
 
 
 def build_defaults(root: Path, tasks: list[str], cache_dir: str = "data/synthav") -> None:

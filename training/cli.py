@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("build-defaults", help="regenerate the shipped default models from scratch")
     b.add_argument("--root", default=str(DEFAULT_ROOT))
-    b.add_argument("--tasks", default="action")
+    b.add_argument("--tasks", default="action,avsync,separation", help="comma-separated (default: all)")
     b.add_argument("--cache-dir", default="data/synthav")
     b.set_defaults(func=_cmd_build_defaults)
 

@@ -81,30 +81,38 @@ def candidate(path: Path, fields: dict[str, Any]) -> LoadedModel:
     return LoadedModel(manifest, create_session(path, providers=("CPUExecutionProvider",)))
 
 
-def action_export(ckpt: dict[str, Any], out_dir: Path) -> tuple[Path, dict[str, Any]]:
+def export_av_model(
+    ckpt: dict[str, Any], out_dir: Path, task: str, outputs: list[str],
+    clip: ClipSpec | None = None, training: dict[str, Any] | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """Export a checkpoint of a ``forward(video, audio)`` model and gather its manifest fields.
+
+    ``clip`` defaults to the one the model config implies (fps, frames, square size, sample rate);
+    ``training`` adds task-specific provenance to the manifest's ``training`` record."""
     mcfg = ckpt["model_config"]
     model = build_from_config(ckpt["model"], mcfg)
     model.load_state_dict(ckpt["state_dict"])
-    clip = ClipSpec(fps=mcfg["fps"], frames=mcfg["frames"], height=mcfg["size"], width=mcfg["size"],
-                    sample_rate=mcfg["sample_rate"], audio_samples=model.cfg.audio_samples)
+    if clip is None:
+        clip = ClipSpec(fps=mcfg["fps"], frames=mcfg["frames"], height=mcfg["size"], width=mcfg["size"],
+                        sample_rate=mcfg["sample_rate"], audio_samples=model.cfg.audio_samples)
     example = {
         "video": torch.randn(2, 3, clip.frames, clip.height, clip.width),
         "audio": torch.randn(2, clip.audio_samples) * 0.1,
     }
     path = out_dir / "model.onnx"
-    diffs = export_onnx(model, example, ["logits"], path)
+    diffs = export_onnx(model, example, outputs, path)
     graph = onnx.load(str(path)).graph
     fields = {
-        "task": "action",
+        "task": task,
         "name": ckpt["model"],
         "opset": OPSET,
         "inputs": [s.model_dump() for s in _tensor_specs(graph.input)],
         "outputs": [s.model_dump() for s in _tensor_specs(graph.output)],
         "clip": clip.model_dump(),
-        "labels": list(ckpt["labels"]),
         "training": {
             "config": ckpt["config"],
             "model_config": mcfg,
+            **(training or {}),
             "checkpoint_metrics": ckpt.get("metrics", {}),
             "export_parity_max_abs": diffs,
             "command": " ".join(["python -m training", *sys.argv[1:]]) if sys.argv else "",
@@ -112,40 +120,16 @@ def action_export(ckpt: dict[str, Any], out_dir: Path) -> tuple[Path, dict[str, 
         "versions": {**ckpt.get("versions", {}), **{f"export_{k}": v for k, v in software_versions().items()}},
     }
     return path, fields
+
+
+def action_export(ckpt: dict[str, Any], out_dir: Path) -> tuple[Path, dict[str, Any]]:
+    path, fields = export_av_model(ckpt, out_dir, "action", ["logits"])
+    return path, {**fields, "labels": list(ckpt["labels"])}
 
 
 def avsync_export(ckpt: dict[str, Any], out_dir: Path) -> tuple[Path, dict[str, Any]]:
     """The sync network with two outputs: ``sync_logit`` (batch,) and ``cam`` (batch, T', h, w)."""
-    mcfg = ckpt["model_config"]
-    model = build_from_config(ckpt["model"], mcfg)
-    model.load_state_dict(ckpt["state_dict"])
-    clip = ClipSpec(fps=mcfg["fps"], frames=mcfg["frames"], height=mcfg["size"], width=mcfg["size"],
-                    sample_rate=mcfg["sample_rate"], audio_samples=model.cfg.audio_samples)
-    example = {
-        "video": torch.randn(2, 3, clip.frames, clip.height, clip.width),
-        "audio": torch.randn(2, clip.audio_samples) * 0.1,
-    }
-    path = out_dir / "model.onnx"
-    diffs = export_onnx(model, example, ["sync_logit", "cam"], path)
-    graph = onnx.load(str(path)).graph
-    fields = {
-        "task": "avsync",
-        "name": ckpt["model"],
-        "opset": OPSET,
-        "inputs": [s.model_dump() for s in _tensor_specs(graph.input)],
-        "outputs": [s.model_dump() for s in _tensor_specs(graph.output)],
-        "clip": clip.model_dump(),
-        "training": {
-            "config": ckpt["config"],
-            "model_config": mcfg,
-            "shift_s": ckpt.get("shift_s"),
-            "checkpoint_metrics": ckpt.get("metrics", {}),
-            "export_parity_max_abs": diffs,
-            "command": " ".join(["python -m training", *sys.argv[1:]]) if sys.argv else "",
-        },
-        "versions": {**ckpt.get("versions", {}), **{f"export_{k}": v for k, v in software_versions().items()}},
-    }
-    return path, fields
+    return export_av_model(ckpt, out_dir, "avsync", ["sync_logit", "cam"], training={"shift_s": ckpt.get("shift_s")})
 
 
 def _score_avsync(path: Path, fields: dict[str, Any], eval_data: str, cache_dir: str):

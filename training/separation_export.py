@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
-import onnx
-import torch
-
 from model_store.manifest import ClipSpec
-from training.export import OPSET, _tensor_specs, candidate, export_onnx
-from training.models import build_from_config
-from training.utils import software_versions
+from training.export import candidate, export_av_model
 
 log = logging.getLogger(__name__)
 
@@ -23,36 +17,9 @@ OUTPUTS = ["on_screen", "off_screen"]
 def separation_export(ckpt: dict[str, Any], out_dir: Path) -> tuple[Path, dict[str, Any]]:
     """Exports with STFT and inverse STFT inside the graph; parity with PyTorch on the waveforms is checked
     at a batch size other than the exported one (``export_onnx``)."""
-    mcfg = ckpt["model_config"]
-    model = build_from_config(ckpt["model"], mcfg)
-    model.load_state_dict(ckpt["state_dict"])
-    clip = ClipSpec.model_validate(ckpt["clip"])
-    example = {
-        "video": torch.randn(2, 3, clip.frames, clip.height, clip.width),
-        "audio": torch.randn(2, clip.audio_samples) * 0.1,
-    }
-    path = out_dir / "model.onnx"
-    diffs = export_onnx(model, example, OUTPUTS, path, atol=1e-4)
-    graph = onnx.load(str(path)).graph
-    fields = {
-        "task": "separation",
-        "name": ckpt["model"],
-        "opset": OPSET,
-        "inputs": [s.model_dump() for s in _tensor_specs(graph.input)],
-        "outputs": [s.model_dump() for s in _tensor_specs(graph.output)],
-        "clip": clip.model_dump(),
-        "training": {
-            "config": ckpt["config"],
-            "model_config": mcfg,
-            "pit": bool(ckpt.get("pit", False)),
-            "init_avsync": ckpt.get("init_avsync", {}),
-            "checkpoint_metrics": ckpt.get("metrics", {}),
-            "export_parity_max_abs": diffs,
-            "command": " ".join(["python -m training", *sys.argv[1:]]) if sys.argv else "",
-        },
-        "versions": {**ckpt.get("versions", {}), **{f"export_{k}": v for k, v in software_versions().items()}},
-    }
-    return path, fields
+    training = {"pit": bool(ckpt.get("pit", False)), "init_avsync": ckpt.get("init_avsync", {})}
+    return export_av_model(ckpt, out_dir, "separation", OUTPUTS, clip=ClipSpec.model_validate(ckpt["clip"]),
+                           training=training)
 
 
 def score_separation_candidate(path: Path, fields: dict[str, Any], eval_data: str, cache_dir: str):
