@@ -109,7 +109,8 @@ def _check_io(manifest: Manifest) -> None:
         )
 
 
-def _decode_via_tempfile(upload: IO[bytes], manifest: Manifest, limits: MediaLimits) -> Windows:
+def save_upload(upload: IO[bytes]) -> Path:
+    """Copy an upload to a temporary file (the caller deletes it); an empty upload is a 422."""
     upload.seek(0)
     fd, name = tempfile.mkstemp(prefix="avscene-upload-")
     path = Path(name)
@@ -119,9 +120,23 @@ def _decode_via_tempfile(upload: IO[bytes], manifest: Manifest, limits: MediaLim
             size = fh.tell()
         if size == 0:
             raise MediaError("the uploaded file is empty", status=422)
-        try:
-            return load_windows(path, manifest.clip, limits)
-        except MediaError as exc:  # do not show the server's temporary path
-            raise MediaError(exc.detail.replace(str(path), "<upload>"), status=exc.status) from exc
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def decode_path(path: Path, manifest: Manifest, limits: MediaLimits) -> Windows:
+    """The model's windows of a saved upload; errors never show the server's temporary path."""
+    try:
+        return load_windows(path, manifest.clip, limits)
+    except MediaError as exc:
+        raise MediaError(exc.detail.replace(str(path), "<upload>"), status=exc.status) from exc
+
+
+def _decode_via_tempfile(upload: IO[bytes], manifest: Manifest, limits: MediaLimits) -> Windows:
+    path = save_upload(upload)
+    try:
+        return decode_path(path, manifest, limits)
     finally:
         path.unlink(missing_ok=True)

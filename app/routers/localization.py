@@ -4,11 +4,7 @@ video overlaid (MP4, with its audio)."""
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
-from pathlib import Path
-from typing import IO, Annotated, Literal
+from typing import Annotated, Literal
 
 import anyio
 import numpy as np
@@ -19,9 +15,10 @@ from fastapi.responses import Response
 from app import overlay
 from app.deps import ServiceDep
 from app.schemas import Grid, HeatmapFrame, LocalizationResponse, ModelRef, Peak, problem_responses
+from app.service import decode_path, save_upload
 from model_store.heatmaps import Heatmaps, video_heatmaps
 from model_store.manifest import Manifest
-from model_store.media import MediaError, MediaLimits, Windows, load_windows, normalize_video
+from model_store.media import Windows, normalize_video
 
 log = logging.getLogger(__name__)
 
@@ -29,30 +26,6 @@ router = APIRouter(prefix="/v1", tags=["localization"])
 
 TASK = "avsync"
 MEDIA_TYPES = {"png": "image/png", "mp4": "video/mp4"}
-
-
-def _save_upload(upload: IO[bytes]) -> Path:
-    upload.seek(0)
-    fd, name = tempfile.mkstemp(prefix="avscene-upload-")
-    path = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            shutil.copyfileobj(upload, fh, 1 << 20)
-            size = fh.tell()
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    if size == 0:
-        path.unlink(missing_ok=True)
-        raise MediaError("the uploaded file is empty", status=422)
-    return path
-
-
-def _decode(path: Path, manifest: Manifest, limits: MediaLimits) -> Windows:
-    try:
-        return load_windows(path, manifest.clip, limits)
-    except MediaError as exc:  # do not show the server's temporary path
-        raise MediaError(exc.detail.replace(str(path), "<upload>"), status=exc.status) from exc
 
 
 def _bad_t(t_s: float, duration: float) -> RequestValidationError:
@@ -97,10 +70,10 @@ async def localize_sound(
     manifest = model.manifest
     clip = manifest.clip
     assert service.decode_slots is not None
-    path = await anyio.to_thread.run_sync(_save_upload, file.file)
+    path = await anyio.to_thread.run_sync(save_upload, file.file)
     try:
         async with service.decode_slots:
-            windows = await anyio.to_thread.run_sync(_decode, path, manifest, service.media_limits)
+            windows = await anyio.to_thread.run_sync(decode_path, path, manifest, service.media_limits)
         duration = float(windows.duration_s)
         if t_s is not None and t_s > duration + 1e-6:
             raise _bad_t(t_s, duration)
