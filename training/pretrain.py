@@ -27,10 +27,9 @@ from torch import nn
 
 from model_store.manifest import ClipSpec
 from model_store.media import normalize_video
-from training.config import save_config
 from training.data.datasets import ClipData, load_clips, read_records, resolve_data
 from training.models import create_model, model_config
-from training.utils import save_checkpoint, seed_everything
+from training.utils import save_checkpoint, start_run
 
 log = logging.getLogger(__name__)
 
@@ -250,13 +249,7 @@ def train_steps(model, clips, clip, shifts, optimizer, scheduler, device, rng, s
 
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Train the sync network on the pretext; keep the checkpoint with the best held-out accuracy."""
-    seed_everything(cfg.seed, deterministic=cfg.deterministic)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    device, out = start_run(cfg)
 
     clip = clip_spec_for(cfg.model)
     shifts = shift_range(cfg, clip)

@@ -16,11 +16,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from model_store.manifest import ClipSpec
-from training.config import save_config
 from training.data.datasets import ClipData, WindowDataset, load_clips, read_records, resolve_data
 from training.data.synthav import ACTION_CLASSES
 from training.models import create_model, model_config
-from training.utils import save_checkpoint, seed_everything
+from training.utils import save_checkpoint, start_run
 
 log = logging.getLogger(__name__)
 
@@ -151,13 +150,7 @@ def load_pretrained_backbone(model: nn.Module, checkpoint: str | Path) -> None:
 
 def train_action(cfg: ActionTrainConfig, init_state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """Train, validate each epoch, keep the best checkpoint; returns the final metrics."""
-    seed_everything(cfg.seed, deterministic=cfg.deterministic)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    device, out = start_run(cfg)
 
     mcfg = model_config(cfg.model, num_classes=len(cfg.labels))
     clip = clip_spec_for(cfg.model)

@@ -21,7 +21,6 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,10 +29,9 @@ from torch.nn import functional as F
 
 from model_store.manifest import ClipSpec
 from model_store.media import normalize_video
-from training.config import save_config
 from training.data.datasets import load_clips, read_records, resolve_data
 from training.models import create_model, model_config
-from training.utils import load_checkpoint, save_checkpoint, seed_everything
+from training.utils import load_checkpoint, save_checkpoint, start_run
 
 log = logging.getLogger(__name__)
 
@@ -320,13 +318,7 @@ def init_unet(model: torch.nn.Module, checkpoint: str) -> dict[str, int]:
 
 def train_separation(cfg: SeparationTrainConfig) -> dict[str, Any]:
     """Train for ``optim.steps`` steps, validate every ``eval_every``, keep the best; returns final metrics."""
-    seed_everything(cfg.seed, deterministic=cfg.deterministic)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    device, out = start_run(cfg)
 
     mcfg = model_config(cfg.model)
     pit = bool(mcfg.audio_only)

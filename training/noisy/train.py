@@ -15,20 +15,18 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from training.config import save_config
 from training.data.noise import make_noise
 from training.data.synthav import ACTION_CLASSES
 from training.models import create_model, model_config
 from training.noisy.arrays import load_array_set
 from training.noisy.methods import METHODS, NTLConfig, RunConfig, accuracy
 from training.train_action import DataConfig, clip_spec_for
-from training.utils import save_checkpoint, seed_everything
+from training.utils import save_checkpoint, start_run
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +70,7 @@ def train_action_noisy(cfg: NoisyActionConfig) -> dict[str, Any]:
     """Inject the configured noise, train with ``cfg.method``, keep the best checkpoint by noisy-val accuracy."""
     if cfg.method not in METHODS:
         raise ValueError(f"method {cfg.method!r}: one of {', '.join(METHODS)}")
-    seed_everything(cfg.seed, deterministic=cfg.deterministic)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    _, out = start_run(cfg)
     mcfg = model_config(cfg.model, num_classes=len(cfg.labels))
     clip = clip_spec_for(cfg.model)
     cache = cfg.array_cache or None
