@@ -42,6 +42,7 @@ ABLATIONS: dict[str, dict[str, bool]] = {
     "ntl-no-estimation": {"estimation": False},
     "ntl-no-category": {"category": False},
     "ntl-no-phase1": {"contrastive": False},
+    "ntl-no-trust": {"trust": False},
     "ntl-no-correction": {"correction": False},
     "ntl-no-given": {"given": False},
 }
@@ -246,7 +247,7 @@ def add_parser(sub) -> None:
     b.add_argument("--methods", default="ce,gce,sce,coteaching,ntl",
                    help=f"of {', '.join([*METHOD_NAMES, *ABLATIONS])}")
     b.add_argument("--seeds", type=int, default=3)
-    b.add_argument("--epochs", type=int, default=16)
+    b.add_argument("--epochs", type=int, default=40)
     b.add_argument("--batch-size", type=int, default=32)
     b.add_argument("--lr", type=float, default=2e-3)
     b.add_argument("--model", default="bench", choices=BENCH_MODEL_NAMES)

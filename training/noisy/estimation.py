@@ -33,6 +33,22 @@ def gmm_clean_probability(losses: np.ndarray, iters: int = 50, eps: float = 1e-6
     return r[:, int(np.argmin(mu))]
 
 
+def label_trust(losses: np.ndarray, num_classes: int, hard: bool = True, chance_guard: bool = True) -> np.ndarray:
+    """Trust in each given label from the classifier's per-clip losses on it: the clean posterior of
+    :func:`gmm_clean_probability`, thresholded at 0.5 when ``hard``.
+
+    The mixture splits any loss distribution in two, a clean one too. A wrong label that the classifier has not
+    memorised sits below chance (its loss exceeds log K), so with ``chance_guard`` a doubted part whose mean
+    loss stays under log K is no noise, and every label is trusted. Shape: (N,) -> (N,) in [0, 1].
+    """
+    x = np.asarray(losses, dtype=np.float64)
+    p = gmm_clean_probability(x)
+    doubted = p < 0.5
+    if chance_guard and (not doubted.any() or x[doubted].mean() < np.log(num_classes)):
+        return np.ones(len(x))
+    return (p > 0.5).astype(np.float64) if hard else p
+
+
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
     """Area under the ROC curve of ``scores`` for the boolean ``positive`` (ties count half); nan if one class
     is empty. 0.5 is chance."""

@@ -10,9 +10,10 @@
 - ``ntl``: noise-tolerant learning. Phase 1 (``phase1_frac`` of the epochs) learns from the pairing only:
   a symmetric cross-modal InfoNCE weighted per pair by the estimated probability that the pair corresponds
   (a 2-component mixture fitted each epoch to the per-pair losses over the whole set), plus a category-level
-  loss against k-means prototypes. Phase 2 trains the classifier on targets that mix the given label with a
-  label corrected by a kNN vote in the learned feature space, each by its vote share; pairs estimated not
-  to correspond count for less, and the correction is refreshed from the model's features as it learns.
+  loss against k-means prototypes. Phase 2 trains the classifier on the given labels, then, refreshed every
+  ``refresh`` epochs, on targets that keep a given label where a loss mixture trusts it and put a kNN-corrected
+  label (from the classifier's features) where it does not and the correction is confident; a pair estimated
+  not to correspond keeps its label but is trained with its audio zeroed, with probability 1 - its weight.
 
 Every routine returns ``(model, info)``; ``info`` holds per-epoch logs and, for ``ntl``, the estimation AUC
 and label-correction counts when the true noise is passed in.
@@ -57,12 +58,18 @@ class NTLConfig:
     knn_k: int = 20
     correct_from: float = 0.3  # share of phase 2 trained on the given labels before the first correction
     refresh: int = 2  # phase-2 epochs between kNN label refreshes
-    consistent: bool = False  # trust a corrected label only where the classifier's own prediction agrees
+    consistent: bool = True  # a corrected label counts only where the classifier's own prediction agrees
+    q_min: float = 0.6  # ... and where its vote share reaches this
+    hard_trust: bool = True  # trust in a given label: 1 where the loss mixture's clean posterior > 0.5, else 0
+    chance_trust: bool = True  # distrust no label when the mixture's high-loss part is not below chance
+    # (est.label_trust)
+    mute_suspect_audio: bool = True  # phase 2: zero a pair's audio with probability 1 - w instead of weighing it
     min_weight: float = 0.0  # floor of a pair's weight
     # ablation switches
     contrastive: bool = True  # phase 1 at all (off: every epoch is phase 2, features from the classifier)
     estimation: bool = True  # cross-modal noise estimation (off: every pair weighs 1)
     category: bool = True  # category-level (prototype) loss
+    trust: bool = True  # phase-2 trust in the given labels from the loss mixture (off: every given label counts)
     correction: bool = True  # phase-2 corrected labels (off: given labels only)
     given: bool = True  # phase-2 given labels (off: corrected labels only)
 
@@ -167,8 +174,10 @@ def bank_pair_losses(v: np.ndarray, a: np.ndarray, tau: float) -> np.ndarray:
 
 def _supervised(model: nn.Module, data: ArraySet, cfg: RunConfig, epochs: int,
                 loss_fn: Callable[[torch.Tensor, np.ndarray, np.ndarray], torch.Tensor],
-                hook: EpochHook | None = None, rng: np.random.Generator | None = None) -> list[dict]:
-    """A supervised loop; ``loss_fn(logits, clip indices, audio-zeroed mask)`` gives the batch loss."""
+                hook: EpochHook | None = None, rng: np.random.Generator | None = None,
+                mute: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None) -> list[dict]:
+    """A supervised loop; ``loss_fn(logits, clip indices, audio-zeroed mask)`` gives the batch loss;
+    ``mute(clip indices, rng)``, if given, marks further samples whose audio is zeroed for this step."""
     rng = rng or np.random.default_rng(cfg.seed)
     steps = epochs * max(len(data) // min(cfg.batch_size, len(data)), 1)
     opt, sched = _optimizer(model.parameters(), cfg, steps)
@@ -178,6 +187,10 @@ def _supervised(model: nn.Module, data: ArraySet, cfg: RunConfig, epochs: int,
         t0, loss_sum, nb = time.perf_counter(), 0.0, 0
         for idx in _batches(len(data), cfg.batch_size, rng):
             video, audio, audio_off = _train_batch(data, idx, cfg, rng)
+            if mute is not None:
+                extra = mute(idx, rng) & ~audio_off
+                audio[torch.from_numpy(extra)] = 0.0
+                audio_off = audio_off | extra
             loss = loss_fn(model(video, audio), idx, audio_off)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -379,9 +392,10 @@ def train_ntl(make: ModelFactory, data: ArraySet, cfg: RunConfig, noise: NoiseRe
         nonlocal targets
         e = embed(m, data)
         ce = F.cross_entropy(torch.from_numpy(e["logits"]), torch.from_numpy(given), reduction="none").numpy()
-        p_given = est.gmm_clean_probability(ce)
-        votes = est.knn_label_votes(e["h"], given, k_cls, c.knn_k, weights=pair_w * p_given)
+        p_given = est.label_trust(ce, k_cls, c.hard_trust, c.chance_trust) if c.trust else np.ones(n)
+        votes = est.knn_label_votes(e["h"], given, k_cls, c.knn_k, weights=pair_w * p_given + 1e-3)
         corrected, q, _ = est.corrected_labels(votes, given)
+        q = np.where(q >= c.q_min, q, 0.0) if c.correction else np.zeros(n)
         if c.consistent:  # two views (neighbours, classifier) must agree before a correction counts
             q = np.where(e["logits"].argmax(1) == corrected, q, 0.0)
         if c.given:
@@ -391,6 +405,7 @@ def train_ntl(make: ModelFactory, data: ArraySet, cfg: RunConfig, noise: NoiseRe
             targets = F.one_hot(torch.from_numpy(corrected), k_cls).float()
         stats = _correction_stats(corrected, data, noise)
         stats["changed"] = int((corrected != given).sum())
+        stats["doubted"] = int((p_given < 0.5).sum())
         if noise is not None and len(noise.label_noisy):
             stats["label_auc"] = est.roc_auc(1.0 - p_given, noise.label_mask())
         info["corrections"].append(stats)
@@ -402,17 +417,23 @@ def train_ntl(make: ModelFactory, data: ArraySet, cfg: RunConfig, noise: NoiseRe
         # the first refresh comes after `correct_from` of phase 2 on the given labels: the classifier must have
         # learned the classes (it fits the clean majority before it memorises the wrong labels)
         start = max(1, round(c.correct_from * e2))
-        if c.correction and epoch + 1 >= start and (epoch + 1 - start) % c.refresh == 0 and epoch + 1 < e2:
+        if epoch + 1 >= start and (epoch + 1 - start) % c.refresh == 0 and epoch + 1 < e2:
             refresh(m)
         if hook is not None:
             hook(m, e1 + epoch, record)
 
     def loss_fn(logits: torch.Tensor, idx: np.ndarray, audio_off: np.ndarray) -> torch.Tensor:
-        w = pair_w[idx].copy()
+        w = np.ones(len(idx)) if c.mute_suspect_audio else pair_w[idx].copy()
         w[audio_off] = 1.0  # a clip whose (maybe foreign) audio was dropped is a clean video-only sample
         return weighted_mean(soft_cross_entropy(logits, targets[idx]), torch.from_numpy(w).float())
 
-    info["phase2"] = _supervised(model, data, cfg, e2, loss_fn, on_epoch, rng)
+    def mute(idx: np.ndarray, r: np.random.Generator) -> np.ndarray:
+        """A pair that probably does not correspond keeps its label (it describes the picture) but loses its
+        audio: muted with probability 1 - w."""
+        return r.random(len(idx)) >= pair_w[idx]
+
+    info["phase2"] = _supervised(model, data, cfg, e2, loss_fn, on_epoch, rng,
+                                 mute if c.mute_suspect_audio else None)
     if info["corrections"]:
         info["labels_corrected"] = info["corrections"][-1].get("corrected")
         info["labels_broken"] = info["corrections"][-1].get("broken")
