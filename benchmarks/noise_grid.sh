@@ -21,7 +21,7 @@ case "${1:-key}" in
          --json "$OUT/noise_key.json" ;;
   zero) $PY -m training noise-benchmark --cells sym:0:0 --methods ce,ntl $COMMON --json "$OUT/noise_zero.json" ;;
   ablation) $PY -m training noise-benchmark --cells sym:0.4:0.2 $COMMON --json "$OUT/noise_ablation.json" \
-              --methods ce,ntl,ntl-no-phase1,ntl-no-estimation,ntl-no-category,ntl-no-trust,ntl-no-correction,ntl-no-given ;;
+              --methods ce,ntl,ntl-no-phase1,ntl-no-estimation,ntl-no-mute,ntl-no-category,ntl-no-trust,ntl-no-correction,ntl-no-given ;;
   grid) $PY -m training noise-benchmark --label-noise 0,0.2,0.4,0.6 --corr-noise 0,0.2,0.4 \
           --methods ce,gce,sce,coteaching,ntl $COMMON --json "$OUT/noise_grid.json"
         $PY -m training noise-benchmark --label-noise 0.4 --label-noise-type asym --corr-noise 0,0.2,0.4 \

@@ -42,6 +42,7 @@ ABLATIONS: dict[str, dict[str, bool]] = {
     "ntl-no-estimation": {"estimation": False},
     "ntl-no-category": {"category": False},
     "ntl-no-phase1": {"contrastive": False},
+    "ntl-no-mute": {"mute_suspect_audio": False},
     "ntl-no-trust": {"trust": False},
     "ntl-no-correction": {"correction": False},
     "ntl-no-given": {"given": False},

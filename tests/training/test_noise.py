@@ -168,6 +168,13 @@ def test_label_trust_doubts_only_labels_below_chance():
     assert (est.gmm_clean_probability(clean) < 0.5).sum() >= 40
     assert np.all(est.label_trust(clean, 8) == 1.0)
     assert (est.label_trust(clean, 8, chance_guard=False) == 0.0).sum() >= 40
+    # a class learned late: its right labels still lose 2.5-3.5; one mixture over all clips doubts it whole,
+    # one mixture per class finds its wrong labels (loss ~6) and keeps its right ones
+    late = np.concatenate([rng.gamma(2.0, 0.05, 300), rng.uniform(2.5, 3.5, 60), rng.normal(6.0, 0.3, 40)])
+    groups = np.repeat([0, 1, 1], [300, 60, 40])
+    assert np.all(est.label_trust(late, 8)[300:] == 0.0)
+    per = est.label_trust(late, 8, groups=groups)
+    assert np.all(per[:360] == 1.0) and np.all(per[360:] == 0.0)
 
 
 def test_knn_votes_correct_wrong_labels_in_clustered_features():

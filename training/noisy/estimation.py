@@ -33,15 +33,24 @@ def gmm_clean_probability(losses: np.ndarray, iters: int = 50, eps: float = 1e-6
     return r[:, int(np.argmin(mu))]
 
 
-def label_trust(losses: np.ndarray, num_classes: int, hard: bool = True, chance_guard: bool = True) -> np.ndarray:
+def label_trust(losses: np.ndarray, num_classes: int, hard: bool = True, chance_guard: bool = True,
+                groups: np.ndarray | None = None) -> np.ndarray:
     """Trust in each given label from the classifier's per-clip losses on it: the clean posterior of
     :func:`gmm_clean_probability`, thresholded at 0.5 when ``hard``.
 
     The mixture splits any loss distribution in two, a clean one too. A wrong label that the classifier has not
     memorised sits below chance (its loss exceeds log K), so with ``chance_guard`` a doubted part whose mean
-    loss stays under log K is no noise, and every label is trusted. Shape: (N,) -> (N,) in [0, 1].
+    loss stays under log K is no noise, and every label is trusted. With ``groups`` (the given labels), one
+    mixture per group: a class the classifier learns late has high losses on its right labels too, and one
+    mixture over every class would doubt it whole. Shape: (N,) -> (N,) in [0, 1].
     """
     x = np.asarray(losses, dtype=np.float64)
+    if groups is not None:
+        out = np.ones(len(x))
+        for g in np.unique(groups):
+            sel = groups == g
+            out[sel] = label_trust(x[sel], num_classes, hard, chance_guard)
+        return out
     p = gmm_clean_probability(x)
     doubted = p < 0.5
     if chance_guard and (not doubted.any() or x[doubted].mean() < np.log(num_classes)):

@@ -63,6 +63,8 @@ class NTLConfig:
     hard_trust: bool = True  # trust in a given label: 1 where the loss mixture's clean posterior > 0.5, else 0
     chance_trust: bool = True  # distrust no label when the mixture's high-loss part is not below chance
     # (est.label_trust)
+    per_class_trust: bool = True  # one loss mixture per given class
+    loss_average: bool = True  # trust from each clip's loss averaged over the phase-2 epochs so far
     mute_suspect_audio: bool = True  # phase 2: zero a pair's audio with probability 1 - w instead of weighing it
     min_weight: float = 0.0  # floor of a pair's weight
     # ablation switches
@@ -386,13 +388,17 @@ def train_ntl(make: ModelFactory, data: ArraySet, cfg: RunConfig, noise: NoiseRe
     targets = torch.from_numpy(np.eye(k_cls, dtype=np.float32)[given])
     pair_w = state.weights if c.estimation else np.ones(n)
 
-    def refresh(m: nn.Module) -> None:
+    loss_sum = np.zeros(n)
+
+    def given_loss(e: dict[str, np.ndarray]) -> np.ndarray:
+        return F.cross_entropy(torch.from_numpy(e["logits"]), torch.from_numpy(given), reduction="none").numpy()
+
+    def refresh(e: dict[str, np.ndarray], ce: np.ndarray) -> None:
         """Corrected labels from a kNN vote among the current features; trust in each given label from a
         2-component mixture over the classifier's per-clip losses on it (small loss: probably right)."""
         nonlocal targets
-        e = embed(m, data)
-        ce = F.cross_entropy(torch.from_numpy(e["logits"]), torch.from_numpy(given), reduction="none").numpy()
-        p_given = est.label_trust(ce, k_cls, c.hard_trust, c.chance_trust) if c.trust else np.ones(n)
+        p_given = est.label_trust(ce, k_cls, c.hard_trust, c.chance_trust,
+                                  given if c.per_class_trust else None) if c.trust else np.ones(n)
         votes = est.knn_label_votes(e["h"], given, k_cls, c.knn_k, weights=pair_w * p_given + 1e-3)
         corrected, q, _ = est.corrected_labels(votes, given)
         q = np.where(q >= c.q_min, q, 0.0) if c.correction else np.zeros(n)
@@ -416,9 +422,17 @@ def train_ntl(make: ModelFactory, data: ArraySet, cfg: RunConfig, noise: NoiseRe
     def on_epoch(m: nn.Module, epoch: int, record: dict) -> None:
         # the first refresh comes after `correct_from` of phase 2 on the given labels: the classifier must have
         # learned the classes (it fits the clean majority before it memorises the wrong labels)
+        # with ``loss_average`` every epoch's losses are kept: a wrong label fitted late, by memorisation, keeps
+        # the high losses of the early epochs
+        nonlocal loss_sum
         start = max(1, round(c.correct_from * e2))
-        if epoch + 1 >= start and (epoch + 1 - start) % c.refresh == 0 and epoch + 1 < e2:
-            refresh(m)
+        due = epoch + 1 >= start and (epoch + 1 - start) % c.refresh == 0 and epoch + 1 < e2
+        if due or c.loss_average:
+            e = embed(m, data)
+            ce = given_loss(e)
+            loss_sum = loss_sum + ce
+            if due:
+                refresh(e, loss_sum / (epoch + 1) if c.loss_average else ce)
         if hook is not None:
             hook(m, e1 + epoch, record)
 
