@@ -62,7 +62,6 @@ class NTLConfig:
     q_min: float = 0.6  # ... and where its vote share reaches this
     hard_trust: bool = True  # trust in a given label: 1 where the loss mixture's clean posterior > 0.5, else 0
     chance_trust: bool = True  # distrust no label when the mixture's high-loss part is not below chance
-    # (est.label_trust)
     per_class_trust: bool = True  # one loss mixture per given class
     loss_average: bool = True  # trust from each clip's loss averaged over the phase-2 epochs so far
     mute_suspect_audio: bool = True  # phase 2: zero a pair's audio with probability 1 - w instead of weighing it
@@ -394,8 +393,8 @@ def train_ntl(make: ModelFactory, data: ArraySet, cfg: RunConfig, noise: NoiseRe
         return F.cross_entropy(torch.from_numpy(e["logits"]), torch.from_numpy(given), reduction="none").numpy()
 
     def refresh(e: dict[str, np.ndarray], ce: np.ndarray) -> None:
-        """Corrected labels from a kNN vote among the current features; trust in each given label from a
-        2-component mixture over the classifier's per-clip losses on it (small loss: probably right)."""
+        """Corrected labels from a kNN vote among the current features; trust in each given label from
+        :func:`est.label_trust` over the classifier's per-clip losses ``ce`` on it (small loss: probably right)."""
         nonlocal targets
         p_given = est.label_trust(ce, k_cls, c.hard_trust, c.chance_trust,
                                   given if c.per_class_trust else None) if c.trust else np.ones(n)
