@@ -33,43 +33,37 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train_action(args: argparse.Namespace) -> int:
+def _train(cls, train_fn, config: str | None, overrides: list[str]) -> int:
+    """Load a run config (YAML + ``key=value`` overrides), train, print the checkpoint and metrics as JSON."""
     from training.config import load_config
-    from training.train_action import ActionTrainConfig, train_action
 
+    cfg = load_config(cls, config, overrides)
+    metrics = train_fn(cfg)
+    print(json.dumps({"checkpoint": str(Path(cfg.out) / "best.pt"), **metrics}))
+    return 0
+
+
+def _cmd_train_action(args: argparse.Namespace) -> int:
     config, overrides = _split_config_args(args.config, args.overrides)
     if args.method:  # noise-robust training on noisily labelled / paired data (training/noisy)
         from training.noisy.train import NoisyActionConfig, train_action_noisy
 
-        ncfg = load_config(NoisyActionConfig, config, [*overrides, f"method={args.method}"])
-        print(json.dumps({"checkpoint": str(Path(ncfg.out) / "best.pt"), **train_action_noisy(ncfg)}))
-        return 0
-    cfg = load_config(ActionTrainConfig, config, overrides)
-    metrics = train_action(cfg)
-    print(json.dumps({"checkpoint": str(Path(cfg.out) / "best.pt"), **metrics}))
-    return 0
+        return _train(NoisyActionConfig, train_action_noisy, config, [*overrides, f"method={args.method}"])
+    from training.train_action import ActionTrainConfig, train_action
+
+    return _train(ActionTrainConfig, train_action, config, overrides)
 
 
 def _cmd_train_separation(args: argparse.Namespace) -> int:
-    from training.config import load_config
     from training.train_separation import SeparationTrainConfig, train_separation
 
-    config, overrides = _split_config_args(args.config, args.overrides)
-    cfg = load_config(SeparationTrainConfig, config, overrides)
-    metrics = train_separation(cfg)
-    print(json.dumps({"checkpoint": str(Path(cfg.out) / "best.pt"), **metrics}))
-    return 0
+    return _train(SeparationTrainConfig, train_separation, *_split_config_args(args.config, args.overrides))
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from training.config import load_config
     from training.pretrain import PretrainConfig, pretrain
 
-    config, overrides = _split_config_args(args.config, args.overrides)
-    cfg = load_config(PretrainConfig, config, overrides)
-    metrics = pretrain(cfg)
-    print(json.dumps({"checkpoint": str(Path(cfg.out) / "best.pt"), **metrics}))
-    return 0
+    return _train(PretrainConfig, pretrain, *_split_config_args(args.config, args.overrides))
 
 
 def _split_config_args(config: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
