@@ -8,8 +8,9 @@ voice, at a random relative level in ``mix.level_db``. Validation uses fixed mix
 Loss (``loss.*``): the paper's L1 on log-magnitude spectrograms of both outputs (our outputs are masks on the
 mixture's STFT, so the "phase term" is the mixture's phase, kept) plus ``loss.sisdr`` times the negative
 SI-SDR of both waveforms (dB). ``audio_only`` models are trained permutation-invariantly (PIT): the cheaper
-of the two output orders counts. Audio-visual models may mix in a share ``loss.pit_mix`` of that PIT loss,
-and train their sync backbone's head on an auxiliary correspondence task (``loss.sync``): which clean voice
+of the two output orders counts, and so are ``assign`` models, whose sync head then puts the outputs in order.
+Audio-visual models may mix in a share ``loss.pit_mix`` of that PIT loss, and train their sync backbone's head
+on an auxiliary correspondence task (``loss.sync``, and ``loss.sync_est`` on the separated outputs): which voice
 belongs to the frames.
 """
 
@@ -64,6 +65,9 @@ class LossConfig:
     # audio-visual models: weight of an auxiliary correspondence loss on the backbone's head, binary
     # cross-entropy of "the clean on-screen voice belongs to these frames" (1) and "the off-screen voice does" (0)
     sync: float = 0.0
+    # the same correspondence loss on the model's own (detached) separated outputs, matched to the clean tracks
+    # by the PIT order: what an ``assign`` model's head is asked at inference
+    sync_est: float = 0.0
 
 
 @dataclass
@@ -143,12 +147,24 @@ def separation_loss(model: torch.nn.Module, video: torch.Tensor, mix: torch.Tens
         best = torch.minimum(loss, per_sample(masks.flip(1), est.flip(1), refs))
         loss = best if pit else (1.0 - cfg.pit_mix) * loss + cfg.pit_mix * best
     loss = loss.mean()
-    if cfg.sync > 0 and getattr(model, "backbone", None) is not None:
-        b = refs.shape[0]
+    if getattr(model, "backbone", None) is None:
+        return loss, est
+    b = refs.shape[0]
+    target = torch.cat([torch.ones(b), torch.zeros(b)]).to(loss)
+    if cfg.sync > 0:
         logits = model.sync_logit(torch.cat([video, video]), torch.cat([refs[:, 0], refs[:, 1]]))  # (2B,)
-        target = torch.cat([torch.ones(b), torch.zeros(b)]).to(logits)
         loss = loss + cfg.sync * F.binary_cross_entropy_with_logits(logits, target)
+    if cfg.sync_est > 0:
+        ordered = pit_order(est.detach(), refs)
+        logits = model.sync_logit(torch.cat([video, video]), torch.cat([ordered[:, 0], ordered[:, 1]]))
+        loss = loss + cfg.sync_est * F.binary_cross_entropy_with_logits(logits, target)
     return loss, est
+
+
+def pit_order(est: torch.Tensor, refs: torch.Tensor) -> torch.Tensor:
+    """``est`` (B, 2, S) in the output order that matches ``refs`` (B, 2, S) best by summed SI-SDR."""
+    keep = si_sdr(est, refs).sum(1) >= si_sdr(est.flip(1), refs).sum(1)
+    return torch.where(keep[:, None, None], est, est.flip(1))
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -260,22 +276,34 @@ def train_one_epoch(model, batches, optimizer, scheduler, cfg: SeparationTrainCo
 @torch.inference_mode()
 def evaluate(model, val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], cfg: SeparationTrainConfig,
              device, pit: bool) -> dict[str, float]:
-    """SI-SDR improvement over the mixture on fixed mixtures (PIT models: the better output order)."""
+    """SI-SDR improvement over the mixture on fixed mixtures. Audio-only models: the better output order (an
+    oracle); ``assign`` models: the order their sync head chooses, with ``assign_acc`` the share of windows where
+    it matches the better order and ``oracle_si_sdri`` the mean improvement under the better order."""
     model.eval()
-    imp_on, imp_off, losses = [], [], []
+    assign = bool(getattr(model.cfg, "assign", False))
+    imp_on, imp_off, losses, agree, oracle = [], [], [], [], []
     for video, mixture, refs in val:
         video, mixture, refs = video.to(device), mixture.to(device), refs.to(device)
         loss, est = separation_loss(model, video, mixture, refs, cfg.loss, pit)
         losses.append(loss.item())
-        if pit:
-            keep = si_sdr(est, refs).sum(1) >= si_sdr(est.flip(1), refs).sum(1)
-            est = torch.where(keep[:, None, None], est, est.flip(1))
         base = si_sdr(mixture[:, None].expand_as(refs), refs)  # (B, 2)
+        if pit:
+            best = pit_order(est, refs)
+            if assign:
+                est = torch.stack(model.assign(video, est[:, 0], est[:, 1]), dim=1)
+                agree.append((est == best).all(dim=2).all(dim=1).float())
+                oracle.append((si_sdr(best, refs) - base).mean(1))
+            else:
+                est = best
         imp = si_sdr(est, refs) - base
         imp_on.append(imp[:, 0])
         imp_off.append(imp[:, 1])
-    return {"loss": float(np.mean(losses)), "si_sdri_on": torch.cat(imp_on).mean().item(),
-            "si_sdri_off": torch.cat(imp_off).mean().item()}
+    out = {"loss": float(np.mean(losses)), "si_sdri_on": torch.cat(imp_on).mean().item(),
+           "si_sdri_off": torch.cat(imp_off).mean().item()}
+    if assign:
+        out["assign_acc"] = torch.cat(agree).mean().item()
+        out["oracle_si_sdri"] = torch.cat(oracle).mean().item()
+    return out
 
 
 def init_backbone(model: torch.nn.Module, checkpoint: str) -> dict[str, int]:
@@ -321,7 +349,7 @@ def train_separation(cfg: SeparationTrainConfig) -> dict[str, Any]:
     device, out = start_run(cfg)
 
     mcfg = model_config(cfg.model)
-    pit = bool(mcfg.audio_only)
+    pit = bool(mcfg.audio_only or mcfg.assign)  # the separation loss is permutation-invariant
     clip = clip_spec_for(cfg.model, cfg.window_hop_s)
     train_src = load_sources(cfg.data.train, clip, cfg.data, cfg.progress)
     val_src = load_sources(cfg.data.val, clip, cfg.data, cfg.progress)
@@ -353,6 +381,9 @@ def train_separation(cfg: SeparationTrainConfig) -> dict[str, Any]:
         log.info("step %d train loss %.3f si-sdr(on) %.2f | val loss %.3f si-sdri on %.2f off %.2f (%.0f s)",
                  done, tr["loss"], tr["si_sdr_on"], va["loss"], va["si_sdri_on"], va["si_sdri_off"],
                  time.perf_counter() - t0)
+        if "assign_acc" in va:
+            log.info("step %d sync-head order right in %.1f %% of windows; oracle order si-sdri %.2f", done,
+                     100 * va["assign_acc"], va["oracle_si_sdri"])
         score = va["si_sdri_on"] + va["si_sdri_off"]
         if best is None or score >= best["score"]:
             best = {"score": score, **history[-1]}
@@ -362,7 +393,7 @@ def train_separation(cfg: SeparationTrainConfig) -> dict[str, Any]:
                 "model_config": dataclasses.asdict(mcfg),
                 "config": dataclasses.asdict(cfg),
                 "clip": clip.model_dump(),
-                "pit": pit,
+                "pit": bool(mcfg.audio_only),  # scored with an oracle output order
                 "init_avsync": init_info or {},
                 "state_dict": model.state_dict(),
                 "metrics": {"step": done, **{f"val_{k}": float(v) for k, v in va.items()}},

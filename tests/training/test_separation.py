@@ -18,10 +18,10 @@ from model_store.runtime import load_model
 from training.data.synthav_speech import SpeechConfig, write_speech_dataset
 from training.models import create_model
 from training.models.separation import InverseStft, Stft
-from training.train_separation import LossConfig, clip_spec_for, separation_loss, si_sdr
+from training.train_separation import LossConfig, clip_spec_for, pit_order, separation_loss, si_sdr
 from training.utils import save_checkpoint
 
-TINY = ("separation_tiny", "separation_tiny_still", "separation_tiny_audio_only")
+TINY = ("separation_tiny", "separation_tiny_still", "separation_tiny_audio_only", "separation_tiny_assign")
 
 
 def _inputs(model, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,6 +95,49 @@ def test_pit_loss_ignores_output_order() -> None:
     assert a <= min(c, d) + 1e-6
 
 
+def test_assign_puts_the_output_the_sync_head_prefers_on_screen() -> None:
+    torch.manual_seed(0)
+    model = create_model("separation_tiny_assign").eval()
+    video, audio = _inputs(model, batch=6, seed=3)
+    first, second = audio, torch.roll(audio, 1, dims=0)  # each video gets its own track and another one
+    with torch.no_grad():
+        model.backbone.head.bias.fill_(0.0)
+        on, off = model.assign(video, first, second)
+        s1, s2 = model.sync_logit(video, first), model.sync_logit(video, second)
+        on_rev, off_rev = model.assign(video, second, first)
+    prefer_second = s2 > s1
+    assert 0 < int(prefer_second.sum()) < 6, "random weights should prefer each input somewhere"
+    torch.testing.assert_close(on, torch.where(prefer_second[:, None], second, first))
+    torch.testing.assert_close(off, torch.where(prefer_second[:, None], first, second))
+    torch.testing.assert_close(on_rev, on)  # the input order does not matter
+    torch.testing.assert_close(off_rev, off)
+    # and the forward pass orders the U-Net's outputs the same way
+    with torch.no_grad():
+        masks, re, im = model.forward_masks(video, audio)
+        raw = [model.istft(masks[:, k] * re, masks[:, k] * im) for k in (0, 1)]
+        expected = model.assign(video, *raw)
+        got = model(video, audio)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_pit_order_and_the_sync_losses_train_the_head() -> None:
+    torch.manual_seed(0)
+    model = create_model("separation_tiny_assign")
+    video, audio = _inputs(model, batch=3)
+    refs = torch.stack([audio * 0.3, torch.roll(audio, 1, dims=0) * 0.7], dim=1)
+    noisy = refs + 0.01 * torch.randn_like(refs)
+    torch.testing.assert_close(pit_order(noisy.flip(1), refs), noisy)
+    torch.testing.assert_close(pit_order(noisy, refs), noisy)
+    base, _ = separation_loss(model, video, audio, refs, LossConfig(), pit=True)
+    for cfg in (LossConfig(sync=1.0), LossConfig(sync_est=1.0)):
+        model.zero_grad()
+        loss, _ = separation_loss(model, video, audio, refs, cfg, pit=True)
+        assert loss > base  # a positive BCE term is added
+        loss.backward()
+        assert model.backbone.head.weight.grad.abs().sum() > 0
+
+
 def test_si_sdr_is_scale_invariant_and_zero_mean() -> None:
     torch.manual_seed(0)
     ref = torch.randn(2, 4000)
@@ -126,22 +169,24 @@ def test_a_few_steps_learn_to_separate_two_tones() -> None:
     assert sdrs[-1] > sdrs[0] + 3.0
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> tuple[ModelStore, torch.nn.Module]:
-    """separation_tiny with random weights (BN statistics nudged), exported and published to a temp store."""
+@pytest.fixture(scope="module", params=["separation_tiny", "separation_tiny_assign"])
+def exported(request, tmp_path_factory) -> tuple[ModelStore, torch.nn.Module]:
+    """A tiny model with random weights (BN statistics nudged), exported and published to a temp store; the
+    ``assign`` variant has the sync head's ordering inside the graph."""
     from training.export import export_checkpoint
 
+    name = request.param
     torch.manual_seed(1)
-    model = create_model("separation_tiny")
+    model = create_model(name)
     model.train()
     with torch.no_grad():
         for _ in range(3):
             model(*_inputs(model, batch=4, seed=5))
     model.eval()
     d = tmp_path_factory.mktemp("sepexport")
-    clip = clip_spec_for("separation_tiny", hop_s=0.5)
+    clip = clip_spec_for(name, hop_s=0.5)
     save_checkpoint(d / "best.pt", {
-        "kind": "separation", "model": "separation_tiny", "model_config": dataclasses.asdict(model.cfg),
+        "kind": "separation", "model": name, "model_config": dataclasses.asdict(model.cfg),
         "config": {}, "clip": clip.model_dump(), "pit": False, "state_dict": model.state_dict(), "metrics": {},
     })
     store = ModelStore(d / "store")
@@ -162,6 +207,12 @@ def test_exported_graph_matches_pytorch_on_waveforms(exported) -> None:
         on, off = model(video, audio)
     np.testing.assert_allclose(got["on_screen"], on.numpy(), atol=1e-5)
     np.testing.assert_allclose(got["off_screen"], off.numpy(), atol=1e-5)
+    if model.cfg.assign:  # the graph orders the outputs per sample, as PyTorch does
+        with torch.no_grad():
+            masks, re, im = model.forward_masks(video, audio)
+            first = model.istft(masks[:, 0] * re, masks[:, 0] * im)
+        swapped = ~np.isclose(got["on_screen"], first.numpy(), atol=1e-5).all(axis=1)
+        assert 0 < swapped.sum() < len(swapped), "random weights should swap some samples and not others"
 
 
 def test_whole_track_for_a_video_longer_than_one_window(exported, tmp_path) -> None:

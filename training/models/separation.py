@@ -8,6 +8,10 @@ the inverse STFT turns them back into waveforms. STFT and inverse STFT are real-
 (a DFT as a strided conv, the inverse DFT as a transposed conv with overlap-add), so the exported ONNX graph
 takes frames and the mixture waveform and returns the two waveforms.
 
+With ``assign`` the U-Net is trained permutation-invariantly and the two outputs are put in order by the sync
+network itself: its head scores each separated track against the frames, and the one that belongs to them is
+on screen (the paper's own question, "is this audio in sync with this video?", asked of each output).
+
 Variants (same U-Net, same data): ``audio_only`` (no video: the paper's audio-only baseline, trained with a
 permutation-invariant loss) and ``still_frame`` (the backbone sees the middle frame repeated over time).
 """
@@ -43,6 +47,9 @@ class SeparationConfig:
     widths: tuple[int, ...] = (16, 32, 64, 128)
     audio_only: bool = False
     still_frame: bool = False
+    # separate permutation-invariantly, then let the backbone's sync head say which output belongs to the
+    # frames (:meth:`AVUNetSeparator.assign`); the ordering is part of the forward pass and the exported graph
+    assign: bool = False
 
     @property
     def audio_samples(self) -> int:
@@ -213,10 +220,21 @@ class AVUNetSeparator(nn.Module):
         masks = torch.cat([masks, masks[:, :, -1:]], dim=2)  # Nyquist bin takes its neighbour's mask
         return masks, re, im
 
+    def assign(self, video: torch.Tensor, first: torch.Tensor, second: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Order two separated waveforms (B, S) as (on screen, off screen): the one the sync head scores higher
+        as belonging to the frames is on screen."""
+        b = first.shape[0]
+        logits = self.sync_logit(torch.cat([video, video]), torch.cat([first, second]))  # (2B,)
+        swap = (logits[b:] > logits[:b])[:, None]  # (B, 1)
+        return torch.where(swap, second, first), torch.where(swap, first, second)
+
     def forward(self, video: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         masks, re, im = self.forward_masks(video, audio)
         on = self.istft(masks[:, 0] * re, masks[:, 0] * im)  # (B, S)
         off = self.istft(masks[:, 1] * re, masks[:, 1] * im)  # (B, S)
+        if self.cfg.assign:
+            on, off = self.assign(video, on, off)
         return on, off
 
 
@@ -234,8 +252,13 @@ register_model("separation_small_audio_only", AVUNetSeparator, SeparationConfig(
 register_model("separation_small_diff", AVUNetSeparator, SeparationConfig(backbone="avsync_sep_lite_diff"))
 register_model("separation_small_diff_still", AVUNetSeparator,
                SeparationConfig(backbone="avsync_sep_lite_diff", still_frame=True))
+register_model("separation_small_assign", AVUNetSeparator,
+               SeparationConfig(backbone="avsync_sep_lite_diff", assign=True))
+register_model("separation_small_assign_still", AVUNetSeparator,
+               SeparationConfig(backbone="avsync_sep_lite_diff", assign=True, still_frame=True))
 _TINY_SEP = SeparationConfig(fps=8.0, frames=8, size=32, sample_rate=8000, n_fft=128, hop=64,
                              backbone="avsync_tiny", widths=(4, 8, 8, 8), av_levels=(1, 2, 3))
 register_model("separation_tiny", AVUNetSeparator, _TINY_SEP)
 register_model("separation_tiny_still", AVUNetSeparator, dataclasses.replace(_TINY_SEP, still_frame=True))
 register_model("separation_tiny_audio_only", AVUNetSeparator, dataclasses.replace(_TINY_SEP, audio_only=True))
+register_model("separation_tiny_assign", AVUNetSeparator, dataclasses.replace(_TINY_SEP, assign=True))
