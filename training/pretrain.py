@@ -29,7 +29,7 @@ from model_store.manifest import ClipSpec
 from model_store.media import normalize_video
 from training.data.datasets import ClipData, load_clips, read_records, resolve_data
 from training.models import create_model, model_config
-from training.utils import save_checkpoint, start_run
+from training.utils import load_checkpoint, save_checkpoint, start_run
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ class PretrainConfig:
     # weight of a pairwise term softplus(logit_shifted - logit_in_sync) beside the per-sample BCE: the video-only
     # part of the logit cancels in the difference, so early gradients carry only the audio-visual agreement
     pair_weight: float = 1.0
+    init: str = ""  # a sync-network checkpoint to start from (same architecture; e.g. another CAM pooling)
     eval_every: int = 250
     seed: int = 0
     deterministic: bool = False
@@ -260,6 +261,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
              len(val_pairs), clip.window_s, *shifts)
 
     model = create_model(cfg.model).to(device)
+    if cfg.init:
+        model.load_state_dict(load_checkpoint(cfg.init)["state_dict"])
+        log.info("init: weights from %s", cfg.init)
     mcfg = model_config(cfg.model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.optim.lr, total_steps=cfg.optim.steps,

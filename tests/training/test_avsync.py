@@ -45,6 +45,32 @@ def test_small_config_shapes_and_cam_is_the_logit():
     assert model.cfg.audio_samples == 24000 and model.cfg.feature_dim == 48
 
 
+def test_local_config_keeps_the_map_at_stride_4_and_lse_pools_it():
+    torch.manual_seed(0)
+    model = create_model("avsync_local").eval()
+    video, audio = _inputs("avsync_local")
+    with torch.inference_mode():
+        logit, cam = model(video, audio)
+    assert cam.shape == (2, 6, 16, 16)
+    torch.testing.assert_close(logit, cam.mean(dim=(1, 2, 3)))
+    # no spatial mixing after fusion: a change in one corner of the frames leaves the far side of the map alone
+    moved = video.clone()
+    moved[..., :8, :8] += 1.0
+    with torch.inference_mode():
+        _, cam2 = model(moved, audio)
+    assert (cam2 - cam)[..., :2, :2].abs().max() > 1e-3
+    torch.testing.assert_close(cam2[..., 8:, 8:], cam[..., 8:, 8:])
+    lse = create_model("avsync_local_lse").eval()
+    lse.load_state_dict(model.state_dict())
+    with torch.inference_mode():
+        logit_lse, cam_lse = lse(video, audio)
+    torch.testing.assert_close(cam_lse, cam)
+    torch.testing.assert_close(logit_lse, torch.logsumexp(cam.flatten(1), 1) - math.log(cam[0].numel()))
+    assert (logit_lse >= logit - 1e-6).all()  # a smooth max is at least the mean
+    with pytest.raises(ValueError, match="cam_pool"):
+        create_model("avsync_tiny", cam_pool="max")
+
+
 def test_owens2018_has_the_papers_sizes():
     cfg = model_config("owens2018")
     assert (cfg.fps, cfg.frames, cfg.size, cfg.sample_rate) == (29.97, 125, 224, 21000)
@@ -76,9 +102,10 @@ def test_every_parameter_gets_a_gradient(name):
         assert p.grad.abs().sum() > 0, pname
 
 
-def test_onnx_parity_of_both_outputs_at_another_batch(tmp_path):
+@pytest.mark.parametrize("overrides", [{}, {"cam_pool": "lse", "fusion_spatial_kernel": 1}])
+def test_onnx_parity_of_both_outputs_at_another_batch(tmp_path, overrides):
     torch.manual_seed(0)
-    model = create_model("avsync_tiny").eval()
+    model = create_model("avsync_tiny", **overrides).eval()
     path = tmp_path / "m.onnx"
     video, audio = _inputs("avsync_tiny", 2)
     diffs = export_onnx(model, {"video": video, "audio": audio}, ["sync_logit", "cam"], path, check_batch=3)

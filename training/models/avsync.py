@@ -12,6 +12,7 @@ Because the head is linear, ``logit == cam.mean((1, 2, 3))`` exactly (the bias i
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -45,7 +46,14 @@ class AVSyncConfig:
     merge_width: int = 32
     fusion_widths: tuple[int, ...] = (32, 48)
     fusion_strides: tuple[Triple, ...] = ((2, 2, 2), (1, 1, 1))
+    # spatial kernel of the residual blocks after fusion; 1 keeps each CAM position's view local (its receptive
+    # field is the video branch's), so the map cannot spread the evidence of one object over the frame
+    fusion_spatial_kernel: int = 3
     dropout: float = 0.0  # before the head (training only)
+    # how the CAM becomes the logit: "avg" (the paper: global average pooling, then the 1x1x1 head) or "lse"
+    # (log-mean-exp over every position, a smooth max: "some place in this clip is in sync", which asks the
+    # network to put its evidence where the sound comes from rather than spread it over the frame)
+    cam_pool: str = "avg"
 
     @property
     def audio_samples(self) -> int:
@@ -57,16 +65,17 @@ class AVSyncConfig:
 
 
 class ResBlock3d(nn.Module):
-    """Two 3x3x3 convs with BN and a projected shortcut when the shape changes.
+    """Two 3 x k x k convs with BN and a projected shortcut when the shape changes.
 
     Shape: (B, Cin, T, H, W) -> (B, Cout, T / st, H / ss, W / ss)
     """
 
-    def __init__(self, cin: int, cout: int, stride: Triple) -> None:
+    def __init__(self, cin: int, cout: int, stride: Triple, spatial: int = 3) -> None:
         super().__init__()
-        self.conv1 = nn.Conv3d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        kernel, pad = (3, spatial, spatial), (1, spatial // 2, spatial // 2)
+        self.conv1 = nn.Conv3d(cin, cout, kernel, stride=stride, padding=pad, bias=False)
         self.bn1 = nn.BatchNorm3d(cout)
-        self.conv2 = nn.Conv3d(cout, cout, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv3d(cout, cout, kernel, padding=pad, bias=False)
         self.bn2 = nn.BatchNorm3d(cout)
         self.shortcut: nn.Module = nn.Identity()
         if cin != cout or any(s != 1 for s in stride):
@@ -132,7 +141,7 @@ class AVSyncNet(nn.Module):
         - video: (B, 3, T, H, W) float, normalised per the clip spec
         - audio: (B, S) float waveform at ``sample_rate``, S = ``cfg.audio_samples``
         - output: ``logit`` (B,) "audio in sync with the frames", ``cam`` (B, T', H', W') with
-          ``logit == cam.mean((1, 2, 3))``
+          ``logit == cam.mean((1, 2, 3))`` (``cam_pool="avg"``) or ``log(mean(exp(cam)))`` (``"lse"``)
     """
 
     def __init__(self, cfg: AVSyncConfig) -> None:
@@ -147,10 +156,12 @@ class AVSyncNet(nn.Module):
         )
         blocks, cin = [], cfg.merge_width
         for w, s in zip(cfg.fusion_widths, cfg.fusion_strides, strict=True):
-            blocks.append(ResBlock3d(cin, w, s))
+            blocks.append(ResBlock3d(cin, w, s, cfg.fusion_spatial_kernel))
             cin = w
         self.blocks = nn.ModuleList(blocks)
         self.dropout = nn.Dropout3d(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        if cfg.cam_pool not in ("avg", "lse"):
+            raise ValueError(f"cam_pool must be 'avg' or 'lse', not {cfg.cam_pool!r}")
         self.head = nn.Conv3d(cin, 1, 1)  # the CAM's weights; 1x1x1 so it applies at every position
 
     def fuse(self, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
@@ -175,6 +186,9 @@ class AVSyncNet(nn.Module):
 
     def forward_head(self, last: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cam = self.head(self.dropout(last))[:, 0]  # (B, T', H', W')
+        if self.cfg.cam_pool == "lse":
+            flat = cam.flatten(1)  # (B, N)
+            return torch.logsumexp(flat, dim=1) - math.log(flat.shape[1]), cam
         return cam.mean(dim=(1, 2, 3)), cam  # (B,), (B, T', H', W')
 
     def forward(self, video: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -238,6 +252,13 @@ class AVSyncActionNet(nn.Module):
 # the frames' temporal differences are what made the pretext learn within a CPU budget (without them the small
 # network stayed at chance for 600 steps on SynthAV; with them it passed 74% held-out accuracy by step 400)
 _SMALL = AVSyncConfig(video_diff=True)
+# local evidence, finer map: a third video conv (receptive field 17 px, about a SynthAV object), fusion at stride
+# 4 with no spatial mixing after it, so the CAM is 16 x 16 and each cell judges only what moves around it
+_LOCAL = dataclasses.replace(
+    _SMALL, video_widths=(12, 24, 32), video_kernels=((3, 5, 5), (3, 3, 3), (3, 3, 3)),
+    video_strides=((1, 2, 2), (1, 2, 2), (1, 1, 1)), fusion_widths=(48, 64), fusion_strides=((2, 1, 1), (1, 1, 1)),
+    fusion_spatial_kernel=1,
+)
 _TINY = AVSyncConfig(
     fps=8.0, frames=8, size=32, video_diff=True, video_widths=(4, 8), audio_widths=(4, 8, 8), merge_width=8,
     fusion_widths=(8, 12), fusion_strides=((2, 2, 2), (1, 1, 1)),
@@ -252,6 +273,9 @@ _OWENS2018 = AVSyncConfig(
 )
 
 register_model("avsync_small", AVSyncNet, _SMALL)
+register_model("avsync_local", AVSyncNet, _LOCAL)
+register_model("avsync_local_lse", AVSyncNet, dataclasses.replace(_LOCAL, cam_pool="lse"))
+register_model("avsync_small_lse", AVSyncNet, dataclasses.replace(_SMALL, cam_pool="lse"))
 register_model("avsync_small_nodiff", AVSyncNet, dataclasses.replace(_SMALL, video_diff=False))
 register_model("avsync_tiny", AVSyncNet, _TINY)
 register_model("owens2018", AVSyncNet, _OWENS2018)
