@@ -67,7 +67,7 @@ class PretrainConfig:
     # weight of a pairwise term softplus(logit_shifted - logit_in_sync) beside the per-sample BCE: the video-only
     # part of the logit cancels in the difference, so early gradients carry only the audio-visual agreement
     pair_weight: float = 1.0
-    init: str = ""  # a sync-network checkpoint to start from (same architecture; e.g. another CAM pooling)
+    init: str = ""  # a sync-network checkpoint to start from: its tensors whose names and shapes match
     eval_every: int = 250
     seed: int = 0
     deterministic: bool = False
@@ -262,8 +262,11 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
 
     model = create_model(cfg.model).to(device)
     if cfg.init:
-        model.load_state_dict(load_checkpoint(cfg.init)["state_dict"])
-        log.info("init: weights from %s", cfg.init)
+        own = model.state_dict()
+        state = {k: v for k, v in load_checkpoint(cfg.init)["state_dict"].items()
+                 if k in own and own[k].shape == v.shape}
+        model.load_state_dict(state, strict=False)
+        log.info("init: %d of %d tensors from %s (matching names and shapes)", len(state), len(own), cfg.init)
     mcfg = model_config(cfg.model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.optim.lr, total_steps=cfg.optim.steps,

@@ -250,3 +250,20 @@ def test_decoded_cache_is_reused(sync_run, action_ds):
     assert len(list((out / "decoded").glob("*.npz"))) == 1
     clips = load_decoded(str(action_ds), clip_spec_for("avsync_tiny"), dataclasses.replace(cfg.data))
     assert len(clips) == 16 and clips[0].frames.shape[1:] == (32, 32, 3)
+
+
+def test_pretrain_init_starts_from_a_checkpoint(sync_run, tmp_path):
+    """``init`` loads every tensor whose name and shape match: with a zero learning rate the weights come out
+    as they went in."""
+    from training.utils import load_checkpoint
+
+    out, cfg, _ = sync_run
+    again = dataclasses.replace(cfg, init=str(out / "best.pt"), out=str(tmp_path / "again"),
+                                optim=dataclasses.replace(cfg.optim, steps=2, lr=0.0))
+    pretrain(again)
+    before = load_checkpoint(out / "best.pt")["state_dict"]
+    after = load_checkpoint(tmp_path / "again" / "best.pt")["state_dict"]
+    fresh = create_model("avsync_tiny").state_dict()
+    conv = [k for k in before if k.endswith("weight") and before[k].ndim > 1]
+    assert conv and all(torch.equal(before[k], after[k]) for k in conv)
+    assert not all(torch.equal(fresh[k], after[k]) for k in conv)
