@@ -61,15 +61,23 @@ def _publish_fresh(root: Path, task: str, checkpoint: Path, eval_data: str, cach
     log.info("default %s model: v%d, metrics %s", task, manifest.version, manifest.metrics)
 
 
-def build_avsync(root: Path, cache_dir: str) -> None:
-    """The sync network, pretext-trained without labels (``avsync_default.yaml``), scored on unseen clips."""
+def build_avsync(root: Path, cache_dir: str, pretext_checkpoint: str | Path | None = None) -> None:
+    """The sync network, without labels, in two stages: the pretext (``avsync_default.yaml``), then the same
+    network with the region contrast on its CAM (``avsync_region.yaml``, starting from stage 1); scored on unseen
+    clips. ``pretext_checkpoint``: a finished stage-1 run to start stage 2 from instead of training stage 1."""
     from training.config import load_config
     from training.pretrain import PretrainConfig, pretrain
 
-    config = CONFIGS / "avsync_default.yaml"
-    cfg = load_config(PretrainConfig, config, [f"data.cache_dir={cache_dir}"])
-    metrics = pretrain(cfg)
-    extra = {"build": f"python -m training build-defaults --tasks avsync (config {config.name})",
+    metrics = {}
+    if pretext_checkpoint is None:
+        stage1 = load_config(PretrainConfig, CONFIGS / "avsync_default.yaml", [f"data.cache_dir={cache_dir}"])
+        metrics["pretext"] = pretrain(stage1)
+        pretext_checkpoint = Path(stage1.out) / "best.pt"
+    config = CONFIGS / "avsync_region.yaml"
+    cfg = load_config(PretrainConfig, config, [f"data.cache_dir={cache_dir}", f"init={pretext_checkpoint}"])
+    metrics["region"] = pretrain(cfg)
+    extra = {"build": "python -m training build-defaults --tasks avsync (configs avsync_default.yaml, then "
+                      f"{config.name})",
              "train_metrics": metrics}
     _publish_fresh(root, "avsync", Path(cfg.out) / "best.pt", EVAL_DATA["avsync"], cache_dir, extra)
 

@@ -67,6 +67,9 @@ class PretrainConfig:
     # weight of a pairwise term softplus(logit_shifted - logit_in_sync) beside the per-sample BCE: the video-only
     # part of the logit cancels in the difference, so early gradients carry only the audio-visual agreement
     pair_weight: float = 1.0
+    # weight of a region contrast on the in-sync CAM (:func:`region_loss`); 0 = the paper's pretext only
+    region_weight: float = 0.0
+    region_thresholds: tuple[float, float] = (0.6, 0.3)  # foreground / background, on the min-max normalised map
     init: str = ""  # a sync-network checkpoint to start from: its tensors whose names and shapes match
     eval_every: int = 250
     seed: int = 0
@@ -196,15 +199,42 @@ def pair_batch(clips: Sequence[ClipData], clip: ClipSpec, pairs: Sequence[Pair],
 # ---------------------------------------------------------------------------------------------- training
 
 
-def step(model: nn.Module, video: torch.Tensor, audio: torch.Tensor, label: torch.Tensor, pair_weight: float = 0.0
+def region_loss(cam: torch.Tensor, thresholds: tuple[float, float] = (0.6, 0.3), tau: float = 0.05
+                ) -> torch.Tensor:
+    """Region contrast on the CAM of each frame of the in-sync windows (after "Localizing Visual Sounds the Hard
+    Way", Chen et al. 2021): a soft foreground (the map above ``thresholds[0]`` of its min-max range) and background
+    (below ``thresholds[1]``) are read off the in-sync map, without gradient through the masks; the foreground's
+    mean evidence must beat the background's in the same frame and the same foreground's with the shifted audio
+    (cross-entropy over the three, the foreground the target).
+
+    Shape: cam (2B, T', H', W'), in-sync windows first -> scalar
+    """
+    pos, neg = cam.view(2, -1, *cam.shape[1:]).flatten(3).unbind(0)  # (B, T', N) each
+    with torch.no_grad():
+        lo, hi = pos.amin(-1, keepdim=True), pos.amax(-1, keepdim=True)
+        norm = (pos - lo) / (hi - lo + 1e-6)
+        fg = torch.sigmoid((norm - thresholds[0]) / tau)
+        bg = 1.0 - torch.sigmoid((norm - thresholds[1]) / tau)
+    fg_pos = (fg * pos).sum(-1) / (fg.sum(-1) + 1e-6)
+    bg_pos = (bg * pos).sum(-1) / (bg.sum(-1) + 1e-6)
+    fg_neg = (fg * neg).sum(-1) / (fg.sum(-1) + 1e-6)
+    scores = torch.stack([fg_pos, bg_pos, fg_neg], dim=-1).flatten(0, 1)  # (B * T', 3)
+    return nn.functional.cross_entropy(scores, torch.zeros(len(scores), dtype=torch.long, device=cam.device))
+
+
+def step(model: nn.Module, video: torch.Tensor, audio: torch.Tensor, label: torch.Tensor, pair_weight: float = 0.0,
+         region_weight: float = 0.0, region_thresholds: tuple[float, float] = (0.6, 0.3)
          ) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward shared by training and evaluation: (loss, logit). ``audio`` holds 2 tracks per video, in sync
-    first (``pair_batch``); the loss is the balanced BCE plus ``pair_weight`` times the pairwise ranking term."""
-    logit, _ = model.forward_shared_video(video, audio)
+    first (``pair_batch``); the loss is the balanced BCE plus ``pair_weight`` times the pairwise ranking term
+    (plus ``region_weight`` times :func:`region_loss`)."""
+    logit, cam = model.forward_shared_video(video, audio)
     loss = nn.functional.binary_cross_entropy_with_logits(logit, label)
     if pair_weight:
         pos, neg = logit.view(2, -1)
         loss = loss + pair_weight * nn.functional.softplus(neg - pos).mean()
+    if region_weight:
+        loss = loss + region_weight * region_loss(cam, region_thresholds)
     return loss, logit
 
 
@@ -224,7 +254,7 @@ def evaluate(model: nn.Module, clips: Sequence[ClipData], clip: ClipSpec, pairs:
 
 
 def train_steps(model, clips, clip, shifts, optimizer, scheduler, device, rng, steps, batch_size, flip,
-                pair_weight=0.0):
+                pair_weight=0.0, region_weight=0.0, region_thresholds=(0.6, 0.3)):
     """``steps`` optimisation steps on freshly drawn pairs; returns mean loss and accuracy."""
     model.train()
     loss_sum, correct, n = 0.0, 0, 0
@@ -237,7 +267,7 @@ def train_steps(model, clips, clip, shifts, optimizer, scheduler, device, rng, s
                 pairs.append(p)
         flips = rng.uniform(size=batch_size) < 0.5 if flip else None
         v, a, y = (torch.from_numpy(x).to(device) for x in pair_batch(clips, clip, pairs, flips))
-        loss, logit = step(model, v, a, y, pair_weight)
+        loss, logit = step(model, v, a, y, pair_weight, region_weight, region_thresholds)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -278,7 +308,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         t0 = time.perf_counter()
         k = min(cfg.eval_every, cfg.optim.steps - done)
         tr = train_steps(model, train_clips, clip, shifts, optimizer, scheduler, device, rng, k,
-                         cfg.optim.batch_size, cfg.flip, cfg.pair_weight)
+                         cfg.optim.batch_size, cfg.flip, cfg.pair_weight, cfg.region_weight,
+                         tuple(cfg.region_thresholds))
         done += k
         va = evaluate(model, val_clips, clip, val_pairs, device)
         history.append({"step": done, "train": tr, "val": va, "seconds": time.perf_counter() - t0})

@@ -267,3 +267,23 @@ def test_pretrain_init_starts_from_a_checkpoint(sync_run, tmp_path):
     conv = [k for k in before if k.endswith("weight") and before[k].ndim > 1]
     assert conv and all(torch.equal(before[k], after[k]) for k in conv)
     assert not all(torch.equal(fresh[k], after[k]) for k in conv)
+
+
+def test_region_loss_rewards_a_foreground_that_only_the_in_sync_audio_lights():
+    from training.pretrain import region_loss
+
+    torch.manual_seed(0)
+    base = 0.1 * torch.randn(4, 3, 8, 8)
+    blob = torch.zeros(4, 3, 8, 8)
+    blob[..., 2:4, 5:7] = 3.0  # a compact foreground
+    localised = torch.cat([base + blob, base])  # in-sync windows first: the blob goes with the audio
+    everywhere = torch.cat([base + blob, base + blob])  # the blob lights whatever the audio
+    flat = torch.cat([base + 0.2, base])  # no foreground to speak of
+    assert region_loss(localised) < region_loss(everywhere)
+    assert region_loss(localised) < region_loss(flat)
+    cam = localised.clone().requires_grad_(True)
+    region_loss(cam).backward()
+    g_pos, g_neg = cam.grad.view(2, 4, 3, 8, 8)
+    assert (g_pos[..., 2:4, 5:7] < 0).all()  # descent raises the in-sync foreground ...
+    assert (g_neg[..., 2:4, 5:7] > 0).all()  # ... and lowers it under the shifted audio
+    assert g_neg[..., 0, 0].abs().max() < 1e-6  # the shifted map counts only inside the (soft) foreground
