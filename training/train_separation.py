@@ -152,11 +152,11 @@ def separation_loss(model: torch.nn.Module, video: torch.Tensor, mix: torch.Tens
     b = refs.shape[0]
     target = torch.cat([torch.ones(b), torch.zeros(b)]).to(loss)
     if cfg.sync > 0:
-        logits = model.sync_logit(torch.cat([video, video]), torch.cat([refs[:, 0], refs[:, 1]]))  # (2B,)
+        logits = model.pair_sync_logits(video, refs[:, 0], refs[:, 1])  # (2B,)
         loss = loss + cfg.sync * F.binary_cross_entropy_with_logits(logits, target)
     if cfg.sync_est > 0:
         ordered = pit_order(est.detach(), refs)
-        logits = model.sync_logit(torch.cat([video, video]), torch.cat([ordered[:, 0], ordered[:, 1]]))
+        logits = model.pair_sync_logits(video, ordered[:, 0], ordered[:, 1])
         loss = loss + cfg.sync_est * F.binary_cross_entropy_with_logits(logits, target)
     return loss, est
 

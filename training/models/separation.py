@@ -220,12 +220,17 @@ class AVUNetSeparator(nn.Module):
         masks = torch.cat([masks, masks[:, :, -1:]], dim=2)  # Nyquist bin takes its neighbour's mask
         return masks, re, im
 
+    def pair_sync_logits(self, video: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """Sync logits of two tracks (B, S) against the same frames, in one backbone batch: (2B,), ``first``'s
+        first."""
+        return self.sync_logit(torch.cat([video, video]), torch.cat([first, second]))
+
     def assign(self, video: torch.Tensor, first: torch.Tensor, second: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Order two separated waveforms (B, S) as (on screen, off screen): the one the sync head scores higher
         as belonging to the frames is on screen."""
         b = first.shape[0]
-        logits = self.sync_logit(torch.cat([video, video]), torch.cat([first, second]))  # (2B,)
+        logits = self.pair_sync_logits(video, first, second)
         swap = (logits[b:] > logits[:b])[:, None]  # (B, 1)
         return torch.where(swap, second, first), torch.where(swap, first, second)
 
