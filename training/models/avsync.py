@@ -275,7 +275,6 @@ _OWENS2018 = AVSyncConfig(
 register_model("avsync_small", AVSyncNet, _SMALL)
 register_model("avsync_local", AVSyncNet, _LOCAL)
 register_model("avsync_local_lse", AVSyncNet, dataclasses.replace(_LOCAL, cam_pool="lse"))
-register_model("avsync_small_lse", AVSyncNet, dataclasses.replace(_SMALL, cam_pool="lse"))
 register_model("avsync_small_nodiff", AVSyncNet, dataclasses.replace(_SMALL, video_diff=False))
 register_model("avsync_tiny", AVSyncNet, _TINY)
 register_model("owens2018", AVSyncNet, _OWENS2018)
