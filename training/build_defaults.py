@@ -62,9 +62,10 @@ def _publish_fresh(root: Path, task: str, checkpoint: Path, eval_data: str, cach
 
 
 def build_avsync(root: Path, cache_dir: str, pretext_checkpoint: str | Path | None = None) -> None:
-    """The sync network, without labels, in two stages: the pretext (``avsync_default.yaml``), then the same
-    network with the region contrast on its CAM (``avsync_region.yaml``, starting from stage 1); scored on unseen
-    clips. ``pretext_checkpoint``: a finished stage-1 run to start stage 2 from instead of training stage 1."""
+    """The sync network, without labels, in three stages: the pretext (``avsync_default.yaml``); the same network
+    with the region contrast on its CAM (``avsync_region.yaml``, from stage 1); then with the preservation term
+    judged by the frozen stage-2 network (``avsync_keep.yaml``, from stage 2); scored on unseen clips.
+    ``pretext_checkpoint``: a finished stage-1 run to start stage 2 from instead of training stage 1."""
     from training.config import load_config
     from training.pretrain import PretrainConfig, pretrain
 
@@ -73,13 +74,15 @@ def build_avsync(root: Path, cache_dir: str, pretext_checkpoint: str | Path | No
         stage1 = load_config(PretrainConfig, CONFIGS / "avsync_default.yaml", [f"data.cache_dir={cache_dir}"])
         metrics["pretext"] = pretrain(stage1)
         pretext_checkpoint = Path(stage1.out) / "best.pt"
-    config = CONFIGS / "avsync_region.yaml"
-    cfg = load_config(PretrainConfig, config, [f"data.cache_dir={cache_dir}", f"init={pretext_checkpoint}"])
-    metrics["region"] = pretrain(cfg)
+    checkpoint = Path(pretext_checkpoint)
+    for stage, name in (("region", "avsync_region.yaml"), ("keep", "avsync_keep.yaml")):
+        cfg = load_config(PretrainConfig, CONFIGS / name, [f"data.cache_dir={cache_dir}", f"init={checkpoint}"])
+        metrics[stage] = pretrain(cfg)
+        checkpoint = Path(cfg.out) / "best.pt"
     extra = {"build": "python -m training build-defaults --tasks avsync (configs avsync_default.yaml, then "
-                      f"{config.name})",
+                      "avsync_region.yaml, then avsync_keep.yaml)",
              "train_metrics": metrics}
-    _publish_fresh(root, "avsync", Path(cfg.out) / "best.pt", EVAL_DATA["avsync"], cache_dir, extra)
+    _publish_fresh(root, "avsync", checkpoint, EVAL_DATA["avsync"], cache_dir, extra)
 
 
 # in dependency order: separation can start from the avsync checkpoint

@@ -10,6 +10,7 @@ Also here: the fixed held-out pairs of ``evaluate alignment`` and their scoring 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -70,6 +71,17 @@ class PretrainConfig:
     # weight of a region contrast on the in-sync CAM (:func:`region_loss`); 0 = the paper's pretext only
     region_weight: float = 0.0
     region_thresholds: tuple[float, float] = (0.6, 0.3)  # foreground / background, on the min-max normalised map
+    # weight of a third track per window: another clip's in-sync audio (a negative that differs in what sounds,
+    # not only when). Its BCE and ranking terms are weighted by this, and the region contrast gains the foreground
+    # under that audio as a further negative. 0 = shifted negatives only (the paper)
+    other_weight: float = 0.0
+    # weight of the preservation term of :class:`KeepLoss` (0 = off): the binarised in-sync CAM, used as a mask,
+    # must keep enough of the frames for the network as initialised (a frozen judge) to still hear them in sync;
+    # ``keep_area`` weighs the mask's area against it, so the mask shrinks to what carries the evidence
+    keep_weight: float = 0.0
+    keep_area: float = 1.0
+    keep_margin: float = 3.0  # the judge's in-sync minus shifted logit that counts as "still in sync"
+    keep_delete: float = 0.0  # weight of the deletion term: with the masked part removed, the judge should not hear sync
     init: str = ""  # a sync-network checkpoint to start from: its tensors whose names and shapes match
     eval_every: int = 250
     seed: int = 0
@@ -174,12 +186,13 @@ def heldout_pairs(clips: Sequence[ClipData], clip: ClipSpec, shifts: tuple[float
     return pairs
 
 
-def pair_batch(clips: Sequence[ClipData], clip: ClipSpec, pairs: Sequence[Pair], flips: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pair_batch(clips: Sequence[ClipData], clip: ClipSpec, pairs: Sequence[Pair], flips: np.ndarray | None = None,
+               other: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Model inputs for ``pairs``: each window's frames once, its audio twice: in sync (label 1), then shifted
-    (label 0); feed ``video`` repeated twice (or use ``forward_shared_video``).
+    (label 0); feed ``video`` repeated twice (or use ``forward_shared_video``). With ``other``, a third track
+    (label 0): the next pair's in-sync audio, so pairs should come from different clips.
 
-    Shape: video (N, 3, T, H, W) float32, audio (2N, S) float32, label (2N,) float32
+    Shape: video (N, 3, T, H, W) float32, audio (kN, S) float32, label (kN,) float32, k = 2 (3 with ``other``)
     """
     videos, pos, neg = [], [], []
     for k, p in enumerate(pairs):
@@ -191,25 +204,26 @@ def pair_batch(clips: Sequence[ClipData], clip: ClipSpec, pairs: Sequence[Pair],
         pos.append(own)
         neg.append(shifted)
     video = normalize_video(np.stack(videos), clip)
-    audio = np.stack(pos + neg)
-    label = np.concatenate([np.ones(len(pairs)), np.zeros(len(pairs))]).astype(np.float32)
+    tracks = [pos, neg] + ([pos[1:] + pos[:1]] if other else [])
+    audio = np.stack([a for t in tracks for a in t])
+    label = np.concatenate([np.ones(len(pairs))] + [np.zeros(len(pairs))] * (len(tracks) - 1)).astype(np.float32)
     return video, audio, label
 
 
 # ---------------------------------------------------------------------------------------------- training
 
 
-def region_loss(cam: torch.Tensor, thresholds: tuple[float, float] = (0.6, 0.3), tau: float = 0.05
-                ) -> torch.Tensor:
+def region_loss(cam: torch.Tensor, thresholds: tuple[float, float] = (0.6, 0.3), tau: float = 0.05,
+                tracks: int = 2) -> torch.Tensor:
     """Region contrast on the CAM of each frame of the in-sync windows (after "Localizing Visual Sounds the Hard
     Way", Chen et al. 2021): a soft foreground (the map above ``thresholds[0]`` of its min-max range) and background
     (below ``thresholds[1]``) are read off the in-sync map, without gradient through the masks; the foreground's
-    mean evidence must beat the background's in the same frame and the same foreground's with the shifted audio
-    (cross-entropy over the three, the foreground the target).
+    mean evidence must beat the background's in the same frame and the same foreground's under each other track
+    (the shifted audio; another clip's): cross-entropy over them, the foreground the target.
 
-    Shape: cam (2B, T', H', W'), in-sync windows first -> scalar
+    Shape: cam (kB, T', H', W'), track-major with the in-sync windows first, k >= 2 -> scalar
     """
-    pos, neg = cam.view(2, -1, *cam.shape[1:]).flatten(3).unbind(0)  # (B, T', N) each
+    pos, *negs = cam.view(tracks, -1, *cam.shape[1:]).flatten(3).unbind(0)  # (B, T', N) each
     with torch.no_grad():
         lo, hi = pos.amin(-1, keepdim=True), pos.amax(-1, keepdim=True)
         norm = (pos - lo) / (hi - lo + 1e-6)
@@ -217,24 +231,77 @@ def region_loss(cam: torch.Tensor, thresholds: tuple[float, float] = (0.6, 0.3),
         bg = 1.0 - torch.sigmoid((norm - thresholds[1]) / tau)
     fg_pos = (fg * pos).sum(-1) / (fg.sum(-1) + 1e-6)
     bg_pos = (bg * pos).sum(-1) / (bg.sum(-1) + 1e-6)
-    fg_neg = (fg * neg).sum(-1) / (fg.sum(-1) + 1e-6)
-    scores = torch.stack([fg_pos, bg_pos, fg_neg], dim=-1).flatten(0, 1)  # (B * T', 3)
+    fg_negs = [(fg * neg).sum(-1) / (fg.sum(-1) + 1e-6) for neg in negs]
+    scores = torch.stack([fg_pos, bg_pos, *fg_negs], dim=-1).flatten(0, 1)  # (B * T', k + 1)
     return nn.functional.cross_entropy(scores, torch.zeros(len(scores), dtype=torch.long, device=cam.device))
 
 
+class KeepLoss:
+    """Preservation with a frozen judge: the in-sync CAM of each window, min-max normalised per step and
+    binarised softly at half its range (the binarisation :mod:`training.localization` scores), masks the window's
+    frames; outside the mask they are replaced by the window's temporal mean (still, so no motion is left there).
+    The judge (the sync network as it was when training started, frozen) must still tell the masked frames' own
+    audio from the shifted one by ``margin``; the mask's area costs ``area`` per unit of frame. Gradients reach
+    the model only through the mask, i.e. its CAM: the map is asked to cover what makes the frames sound in sync,
+    and no more. With ``delete``, the converse too: with the masked part stilled instead, the judge should no longer
+    prefer the own audio (``softplus`` of its margin). No labels are read.
+
+    Shape: video (B, 3, T, H, W), audio (kB, S) track-major (in sync, shifted, ...), cam (kB, T', h, w) -> scalar
+    """
+
+    def __init__(self, judge: nn.Module, weight: float = 1.0, area: float = 1.0, margin: float = 3.0,
+                 tau: float = 0.1, delete: float = 0.0) -> None:
+        self.judge = copy.deepcopy(judge).eval()
+        for p in self.judge.parameters():
+            p.requires_grad_(False)
+        self.weight, self.area, self.margin, self.tau, self.delete = weight, area, margin, tau, delete
+
+    def mask(self, cam: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
+        """Soft binarised maps at the frames' size, each step's map over the frames it covers.
+
+        Shape: cam (B, T', h, w) -> (B, 1, T, H, W)
+        """
+        b, steps = cam.shape[:2]
+        up = nn.functional.interpolate(cam.flatten(0, 1)[:, None], size=size[1:], mode="bilinear",
+                                       align_corners=False)  # (B T', 1, H, W)
+        lo, hi = up.amin((2, 3), keepdim=True), up.amax((2, 3), keepdim=True)
+        m = torch.sigmoid(((up - lo) / (hi - lo + 1e-6) - 0.5) / self.tau)  # upsampled, then binarised, as scored
+        return m.view(b, steps, *size[1:]).repeat_interleave(size[0] // steps, dim=1)[:, None]  # (B, 1, T, H, W)
+
+    def __call__(self, video: torch.Tensor, audio: torch.Tensor, cam: torch.Tensor) -> torch.Tensor:
+        b = len(video)
+        m = self.mask(cam[:b], tuple(video.shape[2:]))
+        still = video.mean(2, keepdim=True)
+        logit, _ = self.judge.forward_shared_video(video * m + still * (1 - m), audio[:2 * b])
+        margin = logit[:b] - logit[b:2 * b]
+        loss = self.weight * nn.functional.softplus(self.margin - margin).mean() + self.area * m.mean()
+        if self.delete:
+            logit, _ = self.judge.forward_shared_video(video * (1 - m) + still * m, audio[:2 * b])
+            loss = loss + self.delete * nn.functional.softplus(logit[:b] - logit[b:2 * b]).mean()
+        return loss
+
+
 def step(model: nn.Module, video: torch.Tensor, audio: torch.Tensor, label: torch.Tensor, pair_weight: float = 0.0,
-         region_weight: float = 0.0, region_thresholds: tuple[float, float] = (0.6, 0.3)
-         ) -> tuple[torch.Tensor, torch.Tensor]:
+         region_weight: float = 0.0, region_thresholds: tuple[float, float] = (0.6, 0.3), other_weight: float = 1.0,
+         keep: KeepLoss | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward shared by training and evaluation: (loss, logit). ``audio`` holds 2 tracks per video, in sync
-    first (``pair_batch``); the loss is the balanced BCE plus ``pair_weight`` times the pairwise ranking term
-    (plus ``region_weight`` times :func:`region_loss`)."""
+    first, then shifted, or 3 with another clip's audio last (``pair_batch``); the loss is the BCE plus
+    ``pair_weight`` times the pairwise ranking term, each over the in-sync and shifted tracks plus ``other_weight``
+    times the same over the in-sync and other-clip tracks (plus ``region_weight`` times :func:`region_loss`)."""
     logit, cam = model.forward_shared_video(video, audio)
-    loss = nn.functional.binary_cross_entropy_with_logits(logit, label)
+    tracks = len(audio) // len(video)
+    n = 2 * len(video)
+    loss = nn.functional.binary_cross_entropy_with_logits(logit[:n], label[:n])  # in sync and shifted, balanced
+    if tracks > 2:
+        loss = loss + other_weight / 2 * nn.functional.binary_cross_entropy_with_logits(logit[n:], label[n:])
+    pos, *negs = logit.view(tracks, -1)
     if pair_weight:
-        pos, neg = logit.view(2, -1)
-        loss = loss + pair_weight * nn.functional.softplus(neg - pos).mean()
+        ranks = [nn.functional.softplus(neg - pos).mean() for neg in negs]
+        loss = loss + pair_weight * (ranks[0] + other_weight * sum(ranks[1:]))
     if region_weight:
-        loss = loss + region_weight * region_loss(cam, region_thresholds)
+        loss = loss + region_weight * region_loss(cam, region_thresholds, tracks=tracks)
+    if keep is not None:
+        loss = loss + keep(video, audio, cam)
     return loss, logit
 
 
@@ -254,7 +321,7 @@ def evaluate(model: nn.Module, clips: Sequence[ClipData], clip: ClipSpec, pairs:
 
 
 def train_steps(model, clips, clip, shifts, optimizer, scheduler, device, rng, steps, batch_size, flip,
-                pair_weight=0.0, region_weight=0.0, region_thresholds=(0.6, 0.3)):
+                pair_weight=0.0, region_weight=0.0, region_thresholds=(0.6, 0.3), other_weight=0.0, keep=None):
     """``steps`` optimisation steps on freshly drawn pairs; returns mean loss and accuracy."""
     model.train()
     loss_sum, correct, n = 0.0, 0, 0
@@ -262,12 +329,14 @@ def train_steps(model, clips, clip, shifts, optimizer, scheduler, device, rng, s
         pairs: list[Pair] = []
         while len(pairs) < batch_size:
             ci = int(rng.integers(len(clips)))
+            if other_weight and any(p.clip == ci for p in pairs):
+                continue  # the other-clip track must come from another clip
             p = draw_pair(rng, ci, clips[ci].duration_s, clip, shifts)
             if p is not None:
                 pairs.append(p)
         flips = rng.uniform(size=batch_size) < 0.5 if flip else None
-        v, a, y = (torch.from_numpy(x).to(device) for x in pair_batch(clips, clip, pairs, flips))
-        loss, logit = step(model, v, a, y, pair_weight, region_weight, region_thresholds)
+        v, a, y = (torch.from_numpy(x).to(device) for x in pair_batch(clips, clip, pairs, flips, other_weight > 0))
+        loss, logit = step(model, v, a, y, pair_weight, region_weight, region_thresholds, other_weight, keep)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -298,6 +367,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         model.load_state_dict(state, strict=False)
         log.info("init: %d of %d tensors from %s (matching names and shapes)", len(state), len(own), cfg.init)
     mcfg = model_config(cfg.model)
+    keep = (KeepLoss(model, cfg.keep_weight, cfg.keep_area, cfg.keep_margin, delete=cfg.keep_delete)
+            if cfg.keep_weight else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.optim.lr, total_steps=cfg.optim.steps,
                                                     pct_start=cfg.optim.warmup)
@@ -309,7 +380,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         k = min(cfg.eval_every, cfg.optim.steps - done)
         tr = train_steps(model, train_clips, clip, shifts, optimizer, scheduler, device, rng, k,
                          cfg.optim.batch_size, cfg.flip, cfg.pair_weight, cfg.region_weight,
-                         tuple(cfg.region_thresholds))
+                         tuple(cfg.region_thresholds), cfg.other_weight, keep)
         done += k
         va = evaluate(model, val_clips, clip, val_pairs, device)
         history.append({"step": done, "train": tr, "val": va, "seconds": time.perf_counter() - t0})
@@ -327,6 +398,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                 "metrics": {"step": done, **{f"val_{k}": float(v) for k, v in va.items()}},
             })
         (out / "history.json").write_text(json.dumps(history, indent=2))
+    save_checkpoint(out / "last.pt", {"kind": "avsync", "model": cfg.model, "model_config": dataclasses.asdict(mcfg),
+                                      "config": dataclasses.asdict(cfg), "shift_s": list(shifts),
+                                      "state_dict": model.state_dict(), "metrics": history[-1]})
     final = {f"val_{k}": float(v) for k, v in best["val"].items()}
     final["step"] = best["step"]
     final["train_seconds"] = time.perf_counter() - t_start

@@ -15,6 +15,7 @@ from training.export import export_onnx
 from training.models import create_model, model_config
 from training.pretrain import (
     PAPER_SHIFT,
+    Pair,
     PretrainConfig,
     PretrainData,
     PretrainOptim,
@@ -287,3 +288,86 @@ def test_region_loss_rewards_a_foreground_that_only_the_in_sync_audio_lights():
     assert (g_pos[..., 2:4, 5:7] < 0).all()  # descent raises the in-sync foreground ...
     assert (g_neg[..., 2:4, 5:7] > 0).all()  # ... and lowers it under the shifted audio
     assert g_neg[..., 0, 0].abs().max() < 1e-6  # the shifted map counts only inside the (soft) foreground
+
+
+def test_other_clip_track_is_the_next_windows_own_audio_and_a_negative():
+    clips = [_ramp_clip(), ClipData(*(lambda c: (255 - c.frames, c.audio + 10.0))(_ramp_clip()), 4.0, -1)]
+    pairs = [heldout_pairs(clips[:1], CLIP, (0.5, 1.5))[0], Pair(1, 1.0, 2.5)]
+    video, audio, label = pair_batch(clips, CLIP, pairs, other=True)
+    assert video.shape[0] == 2 and audio.shape == (6, 800) and label.tolist() == [1, 1, 0, 0, 0, 0]
+    own = audio[:2, 0].tolist()
+    assert own == pytest.approx([pairs[0].video_s, 1.0 + 10.0])
+    assert audio[4:, 0].tolist() == pytest.approx(own[::-1])  # window 0 hears window 1's audio and back
+
+
+def test_region_loss_takes_the_other_clip_foreground_as_a_further_negative():
+    from training.pretrain import region_loss, step
+
+    torch.manual_seed(0)
+    base = 0.1 * torch.randn(4, 3, 8, 8)
+    blob = torch.zeros(4, 3, 8, 8)
+    blob[..., 2:4, 5:7] = 3.0
+    matched = torch.cat([base + blob, base, base])  # only the window's own audio lights the blob
+    by_look = torch.cat([base + blob, base, base + blob])  # any clip's audio lights it: not about this sound
+    assert region_loss(matched, tracks=3) < region_loss(by_look, tracks=3)
+    cam = matched.clone().requires_grad_(True)
+    region_loss(cam, tracks=3).backward()
+    assert (cam.grad.view(3, 4, 3, 8, 8)[2][..., 2:4, 5:7] > 0).all()  # descent lowers it under the other audio
+    # the BCE of step() weighs the other-clip track by other_weight and keeps the two-track loss as it was
+    model = create_model("avsync_tiny").eval()
+    video, audio = _inputs("avsync_tiny", batch=2)
+    audio3 = torch.cat([audio, audio.flip(0), 0.5 * audio])
+    y = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+    with torch.inference_mode():
+        two, _ = step(model, video, audio3[:4], y[:4])
+        none, _ = step(model, video, audio3, y, other_weight=0.0)
+        some, _ = step(model, video, audio3, y, other_weight=1.0)
+    assert none == pytest.approx(two.item()) and some > none
+
+
+def test_keep_loss_masks_with_the_binarised_map_and_never_trains_its_judge():
+    from model_store.heatmaps import upsample
+    from training.localization import binarise
+    from training.pretrain import KeepLoss, step
+
+    torch.manual_seed(0)
+    model = create_model("avsync_tiny")  # frames 8, size 32: CAM (4, 4, 4), stride 8
+    keep = KeepLoss(model, weight=1.0, area=1.0)
+    cam = torch.zeros(1, 4, 4, 4)
+    cam[0, 1, 2, 3] = 5.0  # step 1 (frames 2-3): one bright cell, rows 16-23, columns 24-31
+    mask = keep.mask(cam, (8, 32, 32))
+    assert mask.shape == (1, 1, 8, 32, 32)
+    up = upsample(cam[0, 1].numpy() / 5.0, 32, 32)
+    scored = binarise(up)  # (32, 32): what evaluate localization keeps
+    decided = np.abs(up - 0.5) > 1e-3  # pixels exactly at half the range may fall either way
+    assert np.array_equal((mask[0, 0, 2] >= 0.5).numpy()[decided], scored[decided]) and 40 < scored.sum() <= 64
+    assert scored[16:24, 24:32].sum() == scored.sum()
+    assert (mask[0, 0, [0, 1, 4, 5, 6, 7]] < 0.01).all()  # flat steps keep nothing
+    assert torch.equal(mask[0, 0, 2], mask[0, 0, 3])  # a step's map covers its frames
+    video, audio = _inputs("avsync_tiny", batch=2)
+    audio = torch.cat([audio, audio.flip(0)])
+    loss, _ = step(model, video, audio, torch.tensor([1.0, 1.0, 0.0, 0.0]), keep=keep)
+    loss.backward()
+    assert model.head.weight.grad is not None
+    assert all(p.grad is None for p in keep.judge.parameters())  # frozen
+    with torch.no_grad():
+        model.head.weight.add_(1.0)
+    assert not torch.equal(model.head.weight, keep.judge.head.weight)  # a copy as it was, not the live network
+
+
+@pytest.mark.parametrize("mode", ["space", "space_time"])
+def test_dense_fusion_is_the_strided_network_sampled_finer(mode):
+    from training.models.avsync import AVSyncNet
+
+    torch.manual_seed(0)
+    strided = create_model("avsync_small").eval()
+    dense = AVSyncNet(dataclasses.replace(model_config("avsync_small"), fusion_dense=mode)).eval()
+    dense.load_state_dict(strided.state_dict())  # same weights, same names
+    video, audio = _inputs("avsync_small")
+    with torch.inference_mode():
+        _, cam = strided(video, audio)
+        _, fine = dense(video, audio)
+    assert fine.shape == ((2, 6, 16, 16) if mode == "space" else (2, 12, 16, 16))
+    every_other = fine[:, :, ::2, ::2] if mode == "space" else fine[:, ::2, ::2, ::2]
+    torch.testing.assert_close(every_other, cam, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(fine[..., 1::2, 1::2], fine[..., ::2, ::2])  # the new cells are new positions

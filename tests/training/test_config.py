@@ -69,3 +69,5 @@ def test_every_shipped_config_loads_and_names_a_registered_model():
         model_config(cfg.model)  # raises for an unknown name
     region = load_config(PretrainConfig, paths[0].parent / "avsync_region.yaml")
     assert region.region_weight > 0 and region.init.endswith("avsync/best.pt")
+    keep = load_config(PretrainConfig, paths[0].parent / "avsync_keep.yaml")
+    assert keep.keep_weight > 0 and keep.init == f"{region.out}/best.pt"  # stage 3 starts from stage 2

@@ -49,6 +49,10 @@ class AVSyncConfig:
     # spatial kernel of the residual blocks after fusion; 1 keeps each CAM position's view local (its receptive
     # field is the video branch's), so the map cannot spread the evidence of one object over the frame
     fusion_spatial_kernel: int = 3
+    # "" or "space" or "space_time": the residual blocks after fusion drop their strides on those axes and dilate
+    # every later conv by the strides dropped ("a trous"), so the CAM is denser with the same weights and receptive
+    # field: with the same weights, its cells at multiples of the dropped strides are the strided network's cells
+    fusion_dense: str = ""
     dropout: float = 0.0  # before the head (training only)
     # how the CAM becomes the logit: "avg" (the paper: global average pooling, then the 1x1x1 head) or "lse"
     # (log-mean-exp over every position, a smooth max: "some place in this clip is in sync", which asks the
@@ -70,15 +74,21 @@ class ResBlock3d(nn.Module):
     Shape: (B, Cin, T, H, W) -> (B, Cout, T / st, H / ss, W / ss)
     """
 
-    def __init__(self, cin: int, cout: int, stride: Triple, spatial: int = 3) -> None:
+    def __init__(self, cin: int, cout: int, stride: Triple, spatial: int = 3, dilation: Triple = (1, 1, 1),
+                 dilation2: Triple | None = None, project: bool = False) -> None:
         super().__init__()
-        kernel, pad = (3, spatial, spatial), (1, spatial // 2, spatial // 2)
-        self.conv1 = nn.Conv3d(cin, cout, kernel, stride=stride, padding=pad, bias=False)
+        kernel = (3, spatial, spatial)
+        dilation2 = dilation if dilation2 is None else dilation2
+
+        def pad(d: Triple) -> Triple:
+            return (d[0] * (kernel[0] // 2), d[1] * (kernel[1] // 2), d[2] * (kernel[2] // 2))
+
+        self.conv1 = nn.Conv3d(cin, cout, kernel, stride=stride, padding=pad(dilation), dilation=dilation, bias=False)
         self.bn1 = nn.BatchNorm3d(cout)
-        self.conv2 = nn.Conv3d(cout, cout, kernel, padding=pad, bias=False)
+        self.conv2 = nn.Conv3d(cout, cout, kernel, padding=pad(dilation2), dilation=dilation2, bias=False)
         self.bn2 = nn.BatchNorm3d(cout)
         self.shortcut: nn.Module = nn.Identity()
-        if cin != cout or any(s != 1 for s in stride):
+        if project or cin != cout or any(s != 1 for s in stride):
             self.shortcut = nn.Sequential(nn.Conv3d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm3d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -154,10 +164,15 @@ class AVSyncNet(nn.Module):
             nn.BatchNorm3d(cfg.merge_width),
             nn.ReLU(),
         )
-        blocks, cin = [], cfg.merge_width
+        if cfg.fusion_dense not in ("", "space", "space_time"):
+            raise ValueError(f"fusion_dense must be '', 'space' or 'space_time', not {cfg.fusion_dense!r}")
+        dense = (cfg.fusion_dense == "space_time", cfg.fusion_dense != "", cfg.fusion_dense != "")
+        blocks, cin, dil = [], cfg.merge_width, (1, 1, 1)
         for w, s in zip(cfg.fusion_widths, cfg.fusion_strides, strict=True):
-            blocks.append(ResBlock3d(cin, w, s, cfg.fusion_spatial_kernel))
-            cin = w
+            kept = tuple(1 if d else x for x, d in zip(s, dense, strict=True))
+            after = tuple(a * (x if d else 1) for a, x, d in zip(dil, s, dense, strict=True))
+            blocks.append(ResBlock3d(cin, w, kept, cfg.fusion_spatial_kernel, dil, after, project=s != (1, 1, 1)))
+            cin, dil = w, after
         self.blocks = nn.ModuleList(blocks)
         self.dropout = nn.Dropout3d(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         if cfg.cam_pool not in ("avg", "lse"):
@@ -275,6 +290,7 @@ _OWENS2018 = AVSyncConfig(
 register_model("avsync_small", AVSyncNet, _SMALL)
 register_model("avsync_local", AVSyncNet, _LOCAL)
 register_model("avsync_local_lse", AVSyncNet, dataclasses.replace(_LOCAL, cam_pool="lse"))
+register_model("avsync_dense", AVSyncNet, dataclasses.replace(_SMALL, fusion_dense="space"))
 register_model("avsync_small_nodiff", AVSyncNet, dataclasses.replace(_SMALL, video_diff=False))
 register_model("avsync_tiny", AVSyncNet, _TINY)
 register_model("owens2018", AVSyncNet, _OWENS2018)
