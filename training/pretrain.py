@@ -81,7 +81,7 @@ class PretrainConfig:
     keep_weight: float = 0.0
     keep_area: float = 1.0
     keep_margin: float = 3.0  # the judge's in-sync minus shifted logit that counts as "still in sync"
-    keep_delete: float = 0.0  # weight of the deletion term: with the masked part removed, the judge should not hear sync
+    keep_delete: float = 0.0  # weight of the deletion term: the masked part stilled, the judge should not hear sync
     init: str = ""  # a sync-network checkpoint to start from: its tensors whose names and shapes match
     eval_every: int = 250
     seed: int = 0
