@@ -372,6 +372,17 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.optim.lr, total_steps=cfg.optim.steps,
                                                     pct_start=cfg.optim.warmup)
+    def checkpoint(path: Path, step: int, val: dict[str, float]) -> None:
+        save_checkpoint(path, {
+            "kind": "avsync",
+            "model": cfg.model,
+            "model_config": dataclasses.asdict(mcfg),
+            "config": dataclasses.asdict(cfg),
+            "shift_s": list(shifts),
+            "state_dict": model.state_dict(),
+            "metrics": {"step": step, **{f"val_{k}": float(v) for k, v in val.items()}},
+        })
+
     rng = np.random.default_rng(cfg.seed)
     history, best = [], None
     done, t_start = 0, time.perf_counter()
@@ -388,19 +399,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                  tr["accuracy"], va["loss"], va["accuracy"], time.perf_counter() - t0)
         if best is None or va["accuracy"] >= best["val"]["accuracy"]:
             best = history[-1]
-            save_checkpoint(out / "best.pt", {
-                "kind": "avsync",
-                "model": cfg.model,
-                "model_config": dataclasses.asdict(mcfg),
-                "config": dataclasses.asdict(cfg),
-                "shift_s": list(shifts),
-                "state_dict": model.state_dict(),
-                "metrics": {"step": done, **{f"val_{k}": float(v) for k, v in va.items()}},
-            })
+            checkpoint(out / "best.pt", done, va)
         (out / "history.json").write_text(json.dumps(history, indent=2))
-    save_checkpoint(out / "last.pt", {"kind": "avsync", "model": cfg.model, "model_config": dataclasses.asdict(mcfg),
-                                      "config": dataclasses.asdict(cfg), "shift_s": list(shifts),
-                                      "state_dict": model.state_dict(), "metrics": history[-1]})
+    checkpoint(out / "last.pt", done, va)
     final = {f"val_{k}": float(v) for k, v in best["val"].items()}
     final["step"] = best["step"]
     final["train_seconds"] = time.perf_counter() - t_start
