@@ -213,6 +213,12 @@ def pair_batch(clips: Sequence[ClipData], clip: ClipSpec, pairs: Sequence[Pair],
 # ---------------------------------------------------------------------------------------------- training
 
 
+def minmax(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """``x`` rescaled to [0, 1] over ``dims`` (each map's own range), as the localization scorer reads a map."""
+    lo, hi = x.amin(dims, keepdim=True), x.amax(dims, keepdim=True)
+    return (x - lo) / (hi - lo + 1e-6)
+
+
 def region_loss(cam: torch.Tensor, thresholds: tuple[float, float] = (0.6, 0.3), tau: float = 0.05,
                 tracks: int = 2) -> torch.Tensor:
     """Region contrast on the CAM of each frame of the in-sync windows (after "Localizing Visual Sounds the Hard
@@ -225,8 +231,7 @@ def region_loss(cam: torch.Tensor, thresholds: tuple[float, float] = (0.6, 0.3),
     """
     pos, *negs = cam.view(tracks, -1, *cam.shape[1:]).flatten(3).unbind(0)  # (B, T', N) each
     with torch.no_grad():
-        lo, hi = pos.amin(-1, keepdim=True), pos.amax(-1, keepdim=True)
-        norm = (pos - lo) / (hi - lo + 1e-6)
+        norm = minmax(pos, (-1,))
         fg = torch.sigmoid((norm - thresholds[0]) / tau)
         bg = 1.0 - torch.sigmoid((norm - thresholds[1]) / tau)
     fg_pos = (fg * pos).sum(-1) / (fg.sum(-1) + 1e-6)
@@ -264,8 +269,7 @@ class KeepLoss:
         b, steps = cam.shape[:2]
         up = nn.functional.interpolate(cam.flatten(0, 1)[:, None], size=size[1:], mode="bilinear",
                                        align_corners=False)  # (B T', 1, H, W)
-        lo, hi = up.amin((2, 3), keepdim=True), up.amax((2, 3), keepdim=True)
-        m = torch.sigmoid(((up - lo) / (hi - lo + 1e-6) - 0.5) / self.tau)  # upsampled, then binarised, as scored
+        m = torch.sigmoid((minmax(up, (2, 3)) - 0.5) / self.tau)  # upsampled, then binarised, as scored
         return m.view(b, steps, *size[1:]).repeat_interleave(size[0] // steps, dim=1)[:, None]  # (B, 1, T, H, W)
 
     def __call__(self, video: torch.Tensor, audio: torch.Tensor, cam: torch.Tensor) -> torch.Tensor:
@@ -372,6 +376,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.optim.lr, total_steps=cfg.optim.steps,
                                                     pct_start=cfg.optim.warmup)
+
     def checkpoint(path: Path, step: int, val: dict[str, float]) -> None:
         save_checkpoint(path, {
             "kind": "avsync",
