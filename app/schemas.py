@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from model_store.manifest import ClipSpec, Manifest, TensorSpec
+from model_store.manifest import ClipSpec, HeatmapSpec, Manifest, TensorSpec
 from model_store.runtime import LoadedModel
 
 
@@ -96,6 +96,7 @@ class ModelInfo(BaseModel):
     outputs: list[TensorSpec]
     labels: list[str]
     clip: ClipSpec
+    heatmap: HeatmapSpec | None = Field(default=None, description="avsync: how the CAM is read as heatmaps")
     metrics: dict[str, float]
     metrics_data: str
 
@@ -103,7 +104,7 @@ class ModelInfo(BaseModel):
     def of(cls, model: LoadedModel) -> ModelInfo:
         m = model.manifest
         return cls(task=m.task, name=m.name, version=m.version, created=m.created, providers=model.providers,
-                   opset=m.opset, inputs=m.inputs, outputs=m.outputs, labels=m.labels, clip=m.clip,
+                   opset=m.opset, inputs=m.inputs, outputs=m.outputs, labels=m.labels, clip=m.clip, heatmap=m.heatmap,
                    metrics=m.metrics, metrics_data=m.metrics_data)
 
 

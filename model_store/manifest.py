@@ -66,6 +66,24 @@ class ClipSpec(_Strict):
         return self.hop_s if self.hop_s is not None else self.window_s
 
 
+class HeatmapSpec(_Strict):
+    """How an ``avsync`` model's CAM is read as the heatmaps that are served and scored (``model_store.heatmaps``).
+
+    A manifest without one serves the CAM itself (T' x h x w per window). ``refine="guided"``: each CAM step is
+    upsampled to the model's frame size and passed through a colour guided filter (He et al., 2010) whose guide is
+    the frame at the step's time, then box-blurred: the same evidence, drawn along the edges of what is in the
+    picture; it is then served (and scored) averaged over ``pool`` x ``pool`` blocks, which keeps the JSON small.
+    ``radius`` and ``blur`` are in pixels of the model's frames; ``eps`` regularises the filter (colours in
+    [0, 1]).
+    """
+
+    refine: Literal["guided"] = "guided"
+    radius: int = Field(default=24, ge=1)
+    eps: float = Field(default=1e-3, gt=0)
+    blur: int = Field(default=3, ge=0)
+    pool: int = Field(default=2, ge=1)
+
+
 class Manifest(_Strict):
     """``manifest.json`` beside every published ``model.onnx``."""
 
@@ -80,6 +98,7 @@ class Manifest(_Strict):
     outputs: list[TensorSpec]
     clip: ClipSpec
     labels: list[str] = Field(default_factory=list)
+    heatmap: HeatmapSpec | None = Field(default=None, description="avsync: how the CAM is read (None: as it is)")
     metrics: dict[str, float] = Field(default_factory=dict)
     metrics_data: str = Field(default="", description="what the metrics were measured on")
     training: dict[str, Any] = Field(default_factory=dict, description="resolved training config, noise, command")
@@ -89,6 +108,9 @@ class Manifest(_Strict):
     def _labels_for_action(self) -> Manifest:
         if self.task == "action" and not self.labels:
             raise ValueError("an action manifest needs its labels")
+        if self.heatmap is not None and (self.clip.height % self.heatmap.pool or self.clip.width % self.heatmap.pool):
+            raise ValueError(f"heatmap pool {self.heatmap.pool} must divide the frame size "
+                             f"{self.clip.height} x {self.clip.width}")
         return self
 
     def input(self, name: str) -> TensorSpec:

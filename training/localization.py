@@ -21,6 +21,11 @@ Baselines, scored on the very same frames and times:
   about 10% of the frame, SynthAV's mean box area);
 - ``motion``: the mean absolute frame difference over the frames a heatmap step covers, box-blurred; it lights up
   every moving thing, the silent distractor included.
+
+The model's heatmaps are read as its manifest says (``heatmap``, see ``model_store.heatmaps``), exactly as the
+service serves them. When that reading refines the CAM with the frames (the guided filter), the scorer adds three
+rows so the refinement's own share is visible: ``cam`` (the CAM as it is) and ``centre_refined`` /
+``motion_refined`` (each baseline through the very same refinement, guided by the very same frames).
 """
 
 from __future__ import annotations
@@ -30,8 +35,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from model_store.heatmaps import Heatmaps, frame_times, normalise, upsample, video_heatmaps
-from model_store.manifest import ClipSpec
+from model_store.heatmaps import (
+    Heatmaps,
+    box_blur,
+    frame_times,
+    normalise,
+    refine_guided,
+    step_frames,
+    upsample,
+    video_heatmaps,
+)
+from model_store.manifest import ClipSpec, HeatmapSpec
 from model_store.media import Windows, load_windows, normalize_video
 from training.data.datasets import Record
 
@@ -40,7 +54,6 @@ log = logging.getLogger(__name__)
 BINARISE = 0.5
 CENTRE_SIGMA = 0.18
 THRESHOLDS = np.linspace(0.0, 1.0, 21)
-METHODS = ("model", "centre", "motion")
 
 
 def binarise(maps: np.ndarray, level: float = BINARISE) -> np.ndarray:
@@ -87,19 +100,6 @@ def centre_prior(n: int, height: int, width: int, sigma: float = CENTRE_SIGMA) -
     return np.broadcast_to(g, (n, height, width))
 
 
-def _box_blur(x: np.ndarray, r: int) -> np.ndarray:
-    """Separable box blur of radius ``r`` over the last two axes (edge-padded)."""
-    k = 2 * r + 1
-    for axis in (-2, -1):
-        pad = [(0, 0)] * x.ndim
-        pad[axis] = (r, r)
-        c = np.cumsum(np.pad(x, pad, mode="edge"), axis=axis, dtype=np.float64)
-        c = np.concatenate([np.zeros_like(np.take(c, [0], axis=axis)), c], axis=axis)
-        n = x.shape[axis]
-        x = (np.take(c, np.arange(k, k + n), axis=axis) - np.take(c, np.arange(n), axis=axis)) / k
-    return x.astype(np.float32)
-
-
 def motion_maps(windows: Windows, clip: ClipSpec, steps: int) -> np.ndarray:
     """Frame-difference energy per heatmap step (same frames and times as :func:`video_heatmaps`).
 
@@ -113,18 +113,30 @@ def motion_maps(windows: Windows, clip: ClipSpec, steps: int) -> np.ndarray:
     for w, k in zip(owners, ks, strict=True):
         f0, f1 = int(np.floor(k * per)), max(int(np.ceil((k + 1) * per)), int(np.floor(k * per)) + 1)
         out.append(diff[w, max(f0, 1):max(f1, 2)].mean(axis=0))
-    return _box_blur(np.stack(out), max(1, round(clip.width / 32)))
+    return box_blur(np.stack(out), max(1, round(clip.width / 32)))
 
 
-def score_clip(cam: np.ndarray, windows: Windows, clip: ClipSpec, boxes) -> dict[str, float]:
-    """cIoU of each method on one clip. cam: (W, T', h, w) of the clip's sliding windows."""
-    hm: Heatmaps = video_heatmaps(cam, windows.starts_s, clip.window_s)
+def score_clip(cam: np.ndarray, windows: Windows, clip: ClipSpec, boxes, spec: HeatmapSpec | None = None,
+               ) -> dict[str, float]:
+    """cIoU of each method on one clip. cam: (W, T', h, w) of the clip's sliding windows.
+
+    With a refining ``spec`` (the manifest's ``heatmap``), ``model`` is the refined map that is served, and three
+    more rows keep the comparison honest: ``cam`` (the model's CAM as it is), and the two baselines passed through
+    the very same refinement (``centre_refined``, ``motion_refined``)."""
+    hm: Heatmaps = video_heatmaps(cam, windows.starts_s, clip.window_s, windows.video, spec)
     gt = np.stack([box_mask(b, clip.height, clip.width) for b in boxes_at(boxes, hm.times_s)])
     maps = {
         "model": upsample(hm.maps, clip.height, clip.width),
         "centre": centre_prior(len(gt), clip.height, clip.width),
         "motion": normalise(motion_maps(windows, clip, cam.shape[1])),
     }
+    if spec is not None:
+        maps["cam"] = upsample(video_heatmaps(cam, windows.starts_s, clip.window_s).maps, clip.height, clip.width)
+        _, owners, ks = frame_times(windows.starts_s, cam.shape[1], clip.window_s)
+        guide = step_frames(windows.video, owners, ks, cam.shape[1])
+        for name in ("centre", "motion"):
+            refined = refine_guided(maps[name], guide, spec.radius, spec.eps, spec.blur, spec.pool)
+            maps[f"{name}_refined"] = upsample(refined, clip.height, clip.width)
     return {name: float(np.mean([ciou(p, g) for p, g in zip(binarise(m), gt, strict=True)]))
             for name, m in maps.items()}
 
@@ -132,14 +144,15 @@ def score_clip(cam: np.ndarray, windows: Windows, clip: ClipSpec, boxes) -> dict
 def score_localization(model, records: Sequence[Record], workers: int = 2, progress: bool = False,
                        batch: int = 32) -> dict:
     """Localization of a published avsync model (``model_store.runtime.LoadedModel``) and the two baselines on
-    records with boxes: the model's numbers at the top level, the baselines under ``baselines``."""
+    records with boxes, its heatmaps read as its manifest says (``heatmap``): the model's numbers at the top level,
+    the other rows of :func:`score_clip` under ``baselines``."""
     from concurrent.futures import ThreadPoolExecutor
 
     clip = model.manifest.clip
     records = [r for r in records if r.boxes]
     if not records:
         raise ValueError("no record has boxes of the sounding object; localization needs them")
-    per_method: dict[str, list[float]] = {m: [] for m in METHODS}
+    per_method: dict[str, list[float]] = {}
     with ThreadPoolExecutor(workers) as pool:
         it = pool.map(lambda r: load_windows(r.video, clip), records)
         if progress:
@@ -150,9 +163,9 @@ def score_localization(model, records: Sequence[Record], workers: int = 2, progr
             cams = [model.run({"video": normalize_video(windows.video[s:s + batch], clip),
                                "audio": windows.audio[s:s + batch]})["cam"]
                     for s in range(0, len(windows), batch)]
-            scores = score_clip(np.concatenate(cams), windows, clip, record.boxes)
+            scores = score_clip(np.concatenate(cams), windows, clip, record.boxes, model.manifest.heatmap)
             for name, value in scores.items():
-                per_method[name].append(value)
-    result = summarise(per_method["model"])
-    result["baselines"] = {name: summarise(per_method[name]) for name in METHODS[1:]}
+                per_method.setdefault(name, []).append(value)
+    result = summarise(per_method.pop("model"))
+    result["baselines"] = {name: summarise(values) for name, values in per_method.items()}
     return result

@@ -64,6 +64,10 @@ async def localize_sound(
     format: Annotated[Literal["json", "png", "mp4"], Query(description="json heatmaps, png frame, mp4 video")] = "json",
     t_s: Annotated[float | None, Query(ge=0, description="png: the time of the frame to draw (default: the "
                                                          "frame with the strongest sound source)")] = None,
+    refine: Annotated[bool, Query(description="true (default): the heatmaps as the model's manifest says to read "
+                                               "them (refined along the frames' edges, at the model's frame size); "
+                                               "false: the network's class activation map itself, on its coarse "
+                                               "grid (a much smaller JSON)")] = True,
 ):
     """Locate the sound sources of an uploaded video: heatmaps, or the heatmap drawn over the picture."""
     model = service.model(TASK)
@@ -80,7 +84,8 @@ async def localize_sound(
         feeds = {"video": await anyio.to_thread.run_sync(normalize_video, windows.video, clip),
                  "audio": windows.audio.astype(np.float32)}
         outputs = await service.batchers[TASK].infer(feeds)
-        maps = video_heatmaps(outputs["cam"], windows.starts_s, clip.window_s)
+        maps = await anyio.to_thread.run_sync(video_heatmaps, outputs["cam"], windows.starts_s, clip.window_s,
+                                              windows.video, manifest.heatmap if refine else None)
         log.info("localization: %.2f s, %d windows, %d heatmaps, format %s", duration, len(windows),
                  len(maps.times_s), format)
         if format == "json":

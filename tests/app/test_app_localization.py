@@ -69,15 +69,28 @@ def test_json_heatmaps_for_the_whole_video(client, video_bytes):
     assert body["model"] == {"task": "avsync", "name": "avsync_tiny", "version": 1}
     assert body["duration_s"] == pytest.approx(SECONDS) and body["has_audio"] is True
     assert 0 <= body["sync_score"] <= 1
-    assert body["grid"] == {"height": 4, "width": 4}  # the tiny model's CAM
+    # the tiny model's 4 x 4 CAM, refined with its 32 x 32 frames (its manifest's heatmap spec), pooled by 2
+    assert body["grid"] == {"height": 16, "width": 16}
     times = [f["t_s"] for f in body["frames"]]
     assert len(times) == 8 and times == sorted(times) and 0 < times[0] and times[-1] < SECONDS  # 2 windows x 4
     maps = np.array([f["heatmap"] for f in body["frames"]])
-    assert maps.shape == (8, 4, 4) and maps.min() == 0.0 and maps.max() == 1.0
+    assert maps.shape == (8, 16, 16) and maps.min() == 0.0 and maps.max() == 1.0
     for f in body["frames"]:
         hm = np.array(f["heatmap"])
         y, x = np.unravel_index(hm.argmax(), hm.shape)
-        assert (f["peak"]["x"], f["peak"]["y"]) == pytest.approx(((x + 0.5) / 4, (y + 0.5) / 4))
+        assert (f["peak"]["x"], f["peak"]["y"]) == pytest.approx(((x + 0.5) / 16, (y + 0.5) / 16))
+
+
+def test_refine_false_serves_the_cam_on_its_own_grid(client, video_bytes):
+    body = _post(client, video_bytes, refine="false").json()
+    maps = np.array([f["heatmap"] for f in body["frames"]])
+    assert body["grid"] == {"height": 4, "width": 4} and maps.shape == (8, 4, 4)
+    assert maps.min() == 0.0 and maps.max() == 1.0
+
+
+def test_the_exported_manifest_says_how_heatmaps_are_read(client):
+    info = client.get("/v1/models/avsync").json()
+    assert info["heatmap"] == {"refine": "guided", "radius": 24, "eps": 1e-3, "blur": 3, "pool": 2}
 
 
 def test_png_is_the_frame_with_the_heatmap_over_it(client, video_bytes):
@@ -117,6 +130,7 @@ def test_mp4_is_the_whole_video_overlaid_with_its_audio(client, video_bytes):
     ({"format": "gif"}, "format"),
     ({"format": "png", "t_s": 99}, "outside the video"),
     ({"t_s": -1}, "t_s"),
+    ({"refine": "maybe"}, "refine"),
 ])
 def test_bad_parameters_are_422_problems(client, video_bytes, params, needle):
     r = _post(client, video_bytes, **params)

@@ -96,3 +96,15 @@ def test_manifest_json_round_trip(manifest_fields):
     assert again.input("audio").shape == ["batch", 16000]
     with pytest.raises(KeyError, match="no input 'depth'"):
         again.input("depth")
+
+
+def test_manifest_heatmap_reading_is_optional_and_its_pool_must_divide_the_frames(manifest_fields):
+    fields = manifest_fields(task="avsync")
+    assert Manifest.model_validate({**fields, "version": 1, "sha256": SHA}).heatmap is None  # the CAM as it is
+    spec = {"refine": "guided", "radius": 8, "eps": 1e-3, "blur": 1, "pool": 2}
+    manifest = Manifest.model_validate({**fields, "heatmap": spec, "version": 1, "sha256": SHA})
+    assert manifest.heatmap.pool == 2 and Manifest.model_validate_json(manifest.model_dump_json()) == manifest
+    with pytest.raises(ValidationError, match="pool 3 must divide"):  # frames of 24 x 40
+        Manifest.model_validate({**fields, "heatmap": {**spec, "pool": 3}, "version": 1, "sha256": SHA})
+    with pytest.raises(ValidationError):
+        Manifest.model_validate({**fields, "heatmap": {**spec, "refine": "crf"}, "version": 1, "sha256": SHA})

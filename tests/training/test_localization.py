@@ -3,8 +3,16 @@
 import numpy as np
 import pytest
 
-from model_store.heatmaps import frame_times, upsample, video_heatmaps
-from model_store.manifest import ClipSpec
+from model_store.heatmaps import (
+    box_blur,
+    frame_times,
+    guided_filter,
+    refine_guided,
+    step_frames,
+    upsample,
+    video_heatmaps,
+)
+from model_store.manifest import ClipSpec, HeatmapSpec
 from model_store.media import Windows
 from training.localization import (
     binarise,
@@ -105,3 +113,71 @@ def test_scores_a_map_on_the_sounding_object_above_the_baselines():
     assert scores["model"] > 0.4
     assert scores["model"] > scores["motion"] and scores["model"] > scores["centre"]
     assert centre_prior(1, 32, 32)[0].argmax() in {15 * 32 + 15, 15 * 32 + 16, 16 * 32 + 15, 16 * 32 + 16}
+
+
+def _square_scene(n: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Frames (n, 32, 32, 3) in [0, 1]: a grey, slightly noisy background with an orange square at rows 6-13,
+    columns 14-21; and a coarse 4 x 4 map, as a CAM of stride 8 sees it: high on cell (1, 2) (rows 8-15,
+    columns 16-23), which holds most of the square, and on no other."""
+    rng = np.random.default_rng(0)
+    frames = 0.4 + 0.05 * rng.standard_normal((n, 32, 32, 3)).astype(np.float32)
+    frames[:, 6:14, 14:22] = (0.9, 0.5, 0.1)
+    coarse = np.zeros((n, 4, 4), np.float32)
+    coarse[:, 1, 2] = 1.0
+    return np.clip(frames, 0, 1), coarse
+
+
+def test_box_blur_is_a_local_mean():
+    x = np.zeros((9, 9), np.float32)
+    x[4, 4] = 9.0
+    np.testing.assert_allclose(box_blur(x, 1)[3:6, 3:6], 1.0)
+    assert box_blur(x, 1)[0, 0] == 0 and box_blur(x, 1).sum() == pytest.approx(81 / 9)
+    np.testing.assert_array_equal(box_blur(x, 0), x)
+
+
+def test_guided_filter_keeps_constants_and_maps_linear_in_the_guide():
+    frames, _ = _square_scene()
+    np.testing.assert_allclose(guided_filter(frames, np.full(frames.shape[:3], 0.3), 4, 1e-3), 0.3, atol=1e-5)
+    p = 2.0 * frames[..., 0] + 0.1  # exactly linear in the guide: reproduced up to the ridge's shrinkage
+    np.testing.assert_allclose(guided_filter(frames, p, 4, 1e-6), p, atol=2e-3)
+
+
+def test_guided_refinement_draws_the_coarse_map_along_the_object():
+    frames, coarse = _square_scene()
+    gt = np.zeros((32, 32), bool)
+    gt[6:14, 14:22] = True
+    plain = binarise(upsample(coarse, 32, 32))
+    refined = binarise(refine_guided(coarse, frames, radius=12, eps=1e-3, blur=1))
+    assert ciou(refined[0], gt) > 0.8 and ciou(refined[0], gt) > ciou(plain[0], gt) + 0.2
+
+
+def test_step_frames_are_the_frames_at_the_steps_times():
+    video = np.arange(12, dtype=np.uint8)[None, :, None, None, None] * np.ones((2, 12, 2, 2, 3), np.uint8)
+    _, owners, ks = frame_times(np.array([0.0, 1.5]), steps=6, window_s=1.5)
+    got = step_frames(video, owners, ks, 6)[:, 0, 0, 0] * 255
+    np.testing.assert_allclose(got, [1, 3, 5, 7, 9, 11] * 2)  # step k spans frames 2k, 2k+1; its time is 2k+1
+
+
+def test_refined_heatmaps_need_the_frames_and_come_at_their_size():
+    frames, coarse = _square_scene(2)
+    video = (frames[:, None] * 255).astype(np.uint8).repeat(4, axis=1)  # 2 windows of 4 identical frames
+    cam = coarse[:, None].repeat(2, axis=1)  # T' = 2
+    spec = HeatmapSpec()
+    hm = video_heatmaps(cam, np.array([0.0, 0.5]), 0.5, video, spec)
+    assert hm.maps.shape == (4, 16, 16) and hm.maps.min() == 0 and hm.maps.max() == 1  # pooled by 2
+    x, y = hm.peak(0)
+    assert 14 / 32 <= x <= 22 / 32 and 6 / 32 <= y <= 14 / 32
+    with pytest.raises(ValueError, match="frames"):
+        video_heatmaps(cam, np.array([0.0, 0.5]), 0.5, None, spec)
+
+
+def test_a_refined_reading_is_scored_beside_the_cam_and_the_refined_baselines():
+    windows, boxes = _two_movers()
+    cam = np.zeros((1, 4, 8, 8), np.float32)
+    for k in range(4):
+        cam[0, k, 1:2, (2 + 2 * (2 * k + 1) + 3) // 4] = 1.0
+    plain = score_clip(cam, windows, CLIP, boxes)
+    refined = score_clip(cam, windows, CLIP, boxes, HeatmapSpec(radius=6, blur=1))
+    assert set(refined) == {"model", "cam", "centre", "motion", "centre_refined", "motion_refined"}
+    assert refined["cam"] == pytest.approx(plain["model"]) and refined["motion"] == pytest.approx(plain["motion"])
+    assert refined["model"] > refined["cam"] and refined["model"] > refined["motion_refined"]
