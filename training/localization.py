@@ -116,8 +116,8 @@ def motion_maps(windows: Windows, clip: ClipSpec, steps: int) -> np.ndarray:
     return box_blur(np.stack(out), max(1, round(clip.width / 32)))
 
 
-def score_clip(cam: np.ndarray, windows: Windows, clip: ClipSpec, boxes, spec: HeatmapSpec | None = None,
-               ) -> dict[str, float]:
+def score_clip(cam: np.ndarray, windows: Windows, clip: ClipSpec, boxes,
+               spec: HeatmapSpec | None = None) -> dict[str, float]:
     """cIoU of each method on one clip. cam: (W, T', h, w) of the clip's sliding windows.
 
     With a refining ``spec`` (the manifest's ``heatmap``), ``model`` is the refined map that is served, and three
