@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -37,16 +39,15 @@ def wait_ready(proc: subprocess.Popen, base: str, log_path: Path) -> None:
     pytest.fail(f"the server was not ready within {STARTUP_TIMEOUT_S:.0f} s:\n{log_path.read_text()}")
 
 
-def test_uvicorn_serves_actions(store_root: Path, media_dir: Path, tmp_path: Path) -> None:
+@contextmanager
+def uvicorn_server(tmp_path: Path, **settings: str) -> Iterator[str]:
+    """``uvicorn app.main:app`` in a subprocess on a free loopback port, configured by the ``AVSCENE_*`` variables
+    in ``settings`` (CPU provider unless they say otherwise); yields the base URL once ``/readyz`` answers, stops
+    the server afterwards, and fails if its log (``tmp_path / "server.log"``) shows a traceback."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "AVSCENE_MODEL_ROOT": str(store_root),
-        "AVSCENE_PROVIDERS": "CPUExecutionProvider",
-        "AVSCENE_INTRA_OP_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
+    env = {**os.environ, "AVSCENE_PROVIDERS": "CPUExecutionProvider", **settings,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     log_path = tmp_path / "server.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -55,6 +56,19 @@ def test_uvicorn_serves_actions(store_root: Path, media_dir: Path, tmp_path: Pat
         )
     try:
         wait_ready(proc, base, log_path)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in log_path.read_text()
+
+
+def test_uvicorn_serves_actions(store_root: Path, media_dir: Path, tmp_path: Path) -> None:
+    with uvicorn_server(tmp_path, AVSCENE_MODEL_ROOT=str(store_root), AVSCENE_INTRA_OP_THREADS="1") as base:
         with httpx.Client(base_url=base, timeout=30.0) as client:
             assert client.get("/v1/models").json()["models"][0]["version"] == 1
             with open(media_dir / "av.mp4", "rb") as fh:
@@ -70,11 +84,3 @@ def test_uvicorn_serves_actions(store_root: Path, media_dir: Path, tmp_path: Pat
             bad = client.post("/v1/actions", files={"file": ("x.mp4", b"not a video at all", "video/mp4")})
             assert bad.status_code == 415
             assert bad.headers["content-type"] == "application/problem+json"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    assert "Traceback" not in log_path.read_text()

@@ -4,15 +4,12 @@ or scoring used go in, and the served heatmaps find the sounding object, refined
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import numpy as np
 from PIL import Image
-from test_server import REPO, free_port, wait_ready
+from test_server import REPO, uvicorn_server
 
 from model_store.heatmaps import upsample
 from training.data.synthav import render_action_clip, write_video
@@ -37,18 +34,9 @@ def test_shipped_model_localizes_the_sounding_object_over_http(tmp_path: Path) -
         write_video(path, clip.frames, clip.fps, clip.audio, clip.sample_rate)
         boxes = [[t / clip.fps, *map(float, b)] for t, b in enumerate(clip.boxes)]
         videos.append((path, boxes, clip.frames.shape[1:3]))
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "AVSCENE_MODEL_ROOT": str(SHIPPED), "AVSCENE_TASKS": "avsync",
-           "AVSCENE_PROVIDERS": "CPUExecutionProvider", "AVSCENE_RESULTS_DIR": str(tmp_path / "results"),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    log_path = tmp_path / "server.log"
     refined, plain = [], []
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
-                                 "--port", str(port)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_ready(proc, base, log_path)
+    with uvicorn_server(tmp_path, AVSCENE_MODEL_ROOT=str(SHIPPED), AVSCENE_TASKS="avsync",
+                        AVSCENE_RESULTS_DIR=str(tmp_path / "results")) as base:
         with httpx.Client(base_url=base, timeout=120.0) as client:
             for path, boxes, _ in videos:
                 for refine, scores in (("true", refined), ("false", plain)):
@@ -63,10 +51,6 @@ def test_shipped_model_localizes_the_sounding_object_over_http(tmp_path: Path) -
             r = client.post("/v1/localization", params={"format": "png"},
                             files={"file": (path.name, path.read_bytes(), "video/mp4")})
             assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (width, height)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-    assert "Traceback" not in log_path.read_text()
     print(f"mean cIoU over {CLIPS} clips: refined {np.mean(refined):.3f}, plain CAM {np.mean(plain):.3f}")
     # seed 1000, 200 clips: mean cIoU 0.628 refined, 0.387 plain; 8 clips vary, hence the margins
     assert np.mean(refined) > 0.45

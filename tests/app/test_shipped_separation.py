@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import numpy as np
 import soundfile as sf
-from test_server import REPO, free_port, wait_ready
+from test_server import REPO, uvicorn_server
 
 from training.data.synthav_speech import SpeechConfig, load_audio, write_speech_dataset
 from training.separation_eval import si_sdr_np
@@ -27,17 +24,8 @@ def test_shipped_model_separates_a_thirty_second_video_over_http(tmp_path: Path)
     with open(tmp_path / "speech" / "index.csv", newline="") as fh:
         row = next(csv.DictReader(fh))
     video = tmp_path / "speech" / row["video"]
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "AVSCENE_MODEL_ROOT": str(SHIPPED), "AVSCENE_TASKS": "separation",
-           "AVSCENE_PROVIDERS": "CPUExecutionProvider", "AVSCENE_RESULTS_DIR": str(tmp_path / "results"),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    log_path = tmp_path / "server.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
-                                 "--port", str(port)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_ready(proc, base, log_path)
+    with uvicorn_server(tmp_path, AVSCENE_MODEL_ROOT=str(SHIPPED), AVSCENE_TASKS="separation",
+                        AVSCENE_RESULTS_DIR=str(tmp_path / "results")) as base:
         with httpx.Client(base_url=base, timeout=120.0) as client:
             with open(video, "rb") as fh:
                 r = client.post("/v1/separations", files={"file": (video.name, fh, "video/mp4")})
@@ -52,10 +40,6 @@ def test_shipped_model_separates_a_thirty_second_video_over_http(tmp_path: Path)
                 tracks[name], sr = sf.read(io.BytesIO(got.content), dtype="float32")
                 assert sr == job["sample_rate"] and len(tracks[name]) == job["samples"]
             assert job["samples"] == round(job["duration_s"] * sr)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-    assert "Traceback" not in log_path.read_text()
     root = tmp_path / "speech"
     n = job["samples"]
     refs = {k: np.pad(load_audio(root / row[k], sr), (0, n))[:n] for k in ("on_screen", "off_screen")}
