@@ -65,7 +65,8 @@ async def localize_sound(
     t_s: Annotated[float | None, Query(ge=0, description="png: the time of the frame to draw (default: the "
                                                          "frame with the strongest sound source)")] = None,
     refine: Annotated[bool, Query(description="true (default): the heatmaps as the model's manifest says to read "
-                                               "them (refined along the frames' edges, at the model's frame size); "
+                                               "them (refined along the frames' edges, on a grid near the model's "
+                                               "frame size: 32x32 for the shipped model); "
                                                "false: the network's class activation map itself, on its coarse "
                                                "grid (a much smaller JSON)")] = True,
 ):
