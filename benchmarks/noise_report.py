@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from training.noise_benchmark import ABLATIONS, METHOD_NAMES, markdown_table, plot
+from training.action.noise_benchmark import ABLATIONS, METHOD_NAMES, markdown_table, plot
 
 
 def main() -> None:

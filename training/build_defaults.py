@@ -21,7 +21,7 @@ EVAL_DATA = {"action": "synthav:seed=1000,n=200", "avsync": "synthav:seed=1000,n
 
 
 def build_separation(root: Path, cache_dir: str) -> None:
-    from training.separation_export import build_separation_default
+    from training.separation.export import build_separation_default
 
     build_separation_default(root, cache_dir)
 
@@ -30,7 +30,7 @@ def build_action(root: Path, cache_dir: str) -> None:
     """The action model is trained with noise-tolerant learning on deliberately noisy SynthAV labels and
     audio (``action_ntl.yaml``: 40 % symmetric label noise, 20 % correspondence noise) and scored clean."""
     from training.config import load_config
-    from training.noisy.train import NoisyActionConfig, train_action_noisy
+    from training.action.noisy.train import NoisyActionConfig, train_action_noisy
 
     config = CONFIGS / "action_ntl.yaml"
     cfg = load_config(NoisyActionConfig, config, [f"data.cache_dir={cache_dir}"])
@@ -67,7 +67,7 @@ def build_avsync(root: Path, cache_dir: str, pretext_checkpoint: str | Path | No
     judged by the frozen stage-2 network (``avsync_keep.yaml``, from stage 2); scored on unseen clips.
     ``pretext_checkpoint``: a finished stage-1 run to start stage 2 from instead of training stage 1."""
     from training.config import load_config
-    from training.pretrain import PretrainConfig, pretrain
+    from training.avsync.train import PretrainConfig, pretrain
 
     metrics = {}
     if pretext_checkpoint is None:

@@ -45,23 +45,23 @@ def _train(cls, train_fn, config: str | None, overrides: list[str]) -> int:
 
 def _cmd_train_action(args: argparse.Namespace) -> int:
     config, overrides = _split_config_args(args.config, args.overrides)
-    if args.method:  # noise-robust training on noisily labelled / paired data (training/noisy)
-        from training.noisy.train import NoisyActionConfig, train_action_noisy
+    if args.method:  # noise-robust training on noisily labelled / paired data (training/action/noisy)
+        from training.action.noisy.train import NoisyActionConfig, train_action_noisy
 
         return _train(NoisyActionConfig, train_action_noisy, config, [*overrides, f"method={args.method}"])
-    from training.train_action import ActionTrainConfig, train_action
+    from training.action.train import ActionTrainConfig, train_action
 
     return _train(ActionTrainConfig, train_action, config, overrides)
 
 
 def _cmd_train_separation(args: argparse.Namespace) -> int:
-    from training.train_separation import SeparationTrainConfig, train_separation
+    from training.separation.train import SeparationTrainConfig, train_separation
 
     return _train(SeparationTrainConfig, train_separation, *_split_config_args(args.config, args.overrides))
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from training.pretrain import PretrainConfig, pretrain
+    from training.avsync.train import PretrainConfig, pretrain
 
     return _train(PretrainConfig, pretrain, *_split_config_args(args.config, args.overrides))
 
@@ -93,13 +93,13 @@ def _cmd_evaluate_avsync(args: argparse.Namespace) -> int:
     records = read_records(resolve_data(args.data, args.cache_dir))
     result = {"task": args.task, "model": model.manifest.name, "version": model.manifest.version, "data": args.data}
     if args.task == "alignment":
-        from training.pretrain import eval_shifts, load_eval_clips, score_alignment
+        from training.avsync.train import eval_shifts, load_eval_clips, score_alignment
 
         clips = load_eval_clips(records, model.manifest.clip, progress=not args.quiet)
         shifts = eval_shifts(model.manifest)
         result.update(score_alignment(model, clips, shifts), shift_s=list(shifts))
     else:
-        from training.localization import score_localization
+        from training.avsync.score import score_localization
 
         result.update(score_localization(model, records, progress=not args.quiet))
     text = json.dumps(result)
@@ -113,13 +113,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.task in AVSYNC_EVALS:
         return _cmd_evaluate_avsync(args)
     if args.task == "separation":
-        from training.separation_eval import cli_evaluate
+        from training.separation.score import cli_evaluate
 
         return cli_evaluate(args)
     from model_store.registry import ModelStore
     from model_store.runtime import load_model
     from training.data.datasets import read_records, resolve_data
-    from training.evaluate import decode_eval_set, score_action
+    from training.action.score import decode_eval_set, score_action
 
     store = ModelStore(args.root)
     version = int(args.version) if args.version and args.version.isdigit() else args.version
@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--cache-dir", default="data/synthav")
     b.set_defaults(func=_cmd_build_defaults)
 
-    from training.noise_benchmark import add_parser as add_noise_benchmark
+    from training.action.noise_benchmark import add_parser as add_noise_benchmark
 
     add_noise_benchmark(sub)
     return p

@@ -137,8 +137,8 @@ def avsync_export(ckpt: dict[str, Any], out_dir: Path) -> tuple[Path, dict[str, 
 
 def _score_avsync(path: Path, fields: dict[str, Any], eval_data: str, cache_dir: str):
     from training.data.datasets import read_records, resolve_data
-    from training.localization import score_localization
-    from training.pretrain import eval_shifts, load_eval_clips, score_alignment
+    from training.avsync.score import score_localization
+    from training.avsync.train import eval_shifts, load_eval_clips, score_alignment
 
     model = candidate(path, fields)
     records = read_records(resolve_data(eval_data, cache_dir))
@@ -165,7 +165,7 @@ def export_checkpoint(checkpoint: str | Path, store: ModelStore, eval_data: str 
         elif kind == "avsync":
             path, fields = avsync_export(ckpt, Path(tmp))
         elif kind == "separation":
-            from training.separation_export import separation_export
+            from training.separation.export import separation_export
 
             path, fields = separation_export(ckpt, Path(tmp))
         else:
@@ -175,14 +175,14 @@ def export_checkpoint(checkpoint: str | Path, store: ModelStore, eval_data: str 
         if eval_data is not None:
             score = _score_avsync if kind == "avsync" else _score_candidate
             if kind == "separation":
-                from training.separation_export import score_separation_candidate as score
+                from training.separation.export import score_separation_candidate as score
             fields["metrics"], fields["metrics_data"] = score(path, fields, eval_data, cache_dir)
         return store.publish(path, fields, alias=alias)
 
 
 def _score_candidate(path: Path, fields: dict[str, Any], eval_data: str, cache_dir: str):
     from training.data.datasets import read_records, resolve_data
-    from training.evaluate import decode_eval_set, score_action
+    from training.action.score import decode_eval_set, score_action
 
     model = candidate(path, fields)
     records = read_records(resolve_data(eval_data, cache_dir))

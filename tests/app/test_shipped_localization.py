@@ -13,7 +13,7 @@ from test_server import REPO, uvicorn_server
 
 from model_store.heatmaps import upsample
 from training.data.synthav import render_action_clip, write_video
-from training.localization import binarise, box_mask, boxes_at, ciou
+from training.avsync.score import binarise, box_mask, boxes_at, ciou
 
 SHIPPED = REPO / "model_store" / "models"
 CLIPS = 8

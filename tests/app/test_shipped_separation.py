@@ -13,7 +13,7 @@ import soundfile as sf
 from test_server import REPO, uvicorn_server
 
 from training.data.synthav_speech import SpeechConfig, load_audio, write_speech_dataset
-from training.separation_eval import si_sdr_np
+from training.separation.score import si_sdr_np
 
 SHIPPED = REPO / "model_store" / "models"
 

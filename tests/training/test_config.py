@@ -3,7 +3,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from training.config import ConfigError, load_config, save_config
-from training.train_action import ActionTrainConfig
+from training.action.train import ActionTrainConfig
 
 
 @dataclass
@@ -54,10 +54,10 @@ def test_every_shipped_config_loads_and_names_a_registered_model():
 
     from training.config import load_config
     from training.models import model_config
-    from training.noisy.train import NoisyActionConfig
-    from training.pretrain import PretrainConfig
-    from training.train_action import ActionTrainConfig
-    from training.train_separation import SeparationTrainConfig
+    from training.action.noisy.train import NoisyActionConfig
+    from training.avsync.train import PretrainConfig
+    from training.action.train import ActionTrainConfig
+    from training.separation.train import SeparationTrainConfig
 
     classes = {"avsync": PretrainConfig, "separation": SeparationTrainConfig, "action_ntl": NoisyActionConfig,
                "action": ActionTrainConfig}

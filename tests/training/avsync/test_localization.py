@@ -14,7 +14,7 @@ from model_store.heatmaps import (
 )
 from model_store.manifest import ClipSpec, HeatmapSpec
 from model_store.media import Windows
-from training.localization import (
+from training.avsync.score import (
     binarise,
     box_mask,
     boxes_at,

@@ -13,7 +13,7 @@ from model_store.runtime import create_session
 from training.data.datasets import ClipData
 from training.export import export_onnx
 from training.models import create_model, model_config
-from training.pretrain import (
+from training.avsync.train import (
     PAPER_SHIFT,
     Pair,
     PretrainConfig,
@@ -202,7 +202,7 @@ def _flash_clips(n: int, seed: int) -> list[ClipData]:
 
 
 def test_pretext_learns_above_chance_in_seconds():
-    from training.pretrain import evaluate, train_steps
+    from training.avsync.train import evaluate, train_steps
 
     torch.manual_seed(0)
     model = create_model("avsync_tiny", fps=8.0, frames=8, size=16, sample_rate=2000)
@@ -246,7 +246,7 @@ def test_pretrain_writes_a_checkpoint_with_its_shift_range(sync_run):
 
 def test_decoded_cache_is_reused(sync_run, action_ds):
     out, cfg, _ = sync_run
-    from training.pretrain import clip_spec_for, load_decoded
+    from training.avsync.train import clip_spec_for, load_decoded
 
     assert len(list((out / "decoded").glob("*.npz"))) == 1
     clips = load_decoded(str(action_ds), clip_spec_for("avsync_tiny"), dataclasses.replace(cfg.data))
@@ -271,7 +271,7 @@ def test_pretrain_init_starts_from_a_checkpoint(sync_run, tmp_path):
 
 
 def test_region_loss_rewards_a_foreground_that_only_the_in_sync_audio_lights():
-    from training.pretrain import region_loss
+    from training.avsync.train import region_loss
 
     torch.manual_seed(0)
     base = 0.1 * torch.randn(4, 3, 8, 8)
@@ -301,7 +301,7 @@ def test_other_clip_track_is_the_next_windows_own_audio_and_a_negative():
 
 
 def test_region_loss_takes_the_other_clip_foreground_as_a_further_negative():
-    from training.pretrain import region_loss, step
+    from training.avsync.train import region_loss, step
 
     torch.manual_seed(0)
     base = 0.1 * torch.randn(4, 3, 8, 8)
@@ -327,8 +327,8 @@ def test_region_loss_takes_the_other_clip_foreground_as_a_further_negative():
 
 def test_keep_loss_masks_with_the_binarised_map_and_never_trains_its_judge():
     from model_store.heatmaps import upsample
-    from training.localization import binarise
-    from training.pretrain import KeepLoss, step
+    from training.avsync.score import binarise
+    from training.avsync.train import KeepLoss, step
 
     torch.manual_seed(0)
     model = create_model("avsync_tiny")  # frames 8, size 32: CAM (4, 4, 4), stride 8

@@ -23,9 +23,9 @@ import torch
 from training.data.noise import make_noise
 from training.data.synthav import ACTION_CLASSES
 from training.models import create_model, model_config
-from training.noisy.arrays import load_array_set
-from training.noisy.methods import METHODS, NTLConfig, RunConfig, accuracy
-from training.train_action import DataConfig, clip_spec_for
+from training.action.noisy.arrays import load_array_set
+from training.action.noisy.methods import METHODS, NTLConfig, RunConfig, accuracy
+from training.action.train import DataConfig, clip_spec_for
 from training.utils import save_checkpoint, start_run
 
 log = logging.getLogger(__name__)

@@ -18,9 +18,9 @@ from training.data.noise import (
     pair_map,
     symmetric_label_noise,
 )
-from training.noisy import estimation as est
-from training.noisy.arrays import ArraySet, eval_windows, window_batch
-from training.noisy.losses import (
+from training.action.noisy import estimation as est
+from training.action.noisy.arrays import ArraySet, eval_windows, window_batch
+from training.action.noisy.losses import (
     cross_modal_nce,
     gce_loss,
     hybrid_targets,
@@ -218,7 +218,7 @@ def test_window_batch_shapes():
 
 def test_noise_estimation_finds_planted_mismatched_pairs():
     from training.models import create_model
-    from training.noisy.methods import NTLConfig, RunConfig, train_ntl
+    from training.action.noisy.methods import NTLConfig, RunConfig, train_ntl
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny batches: more threads only contend

@@ -18,7 +18,7 @@ from model_store.runtime import load_model
 from training.data.synthav_speech import SpeechConfig, write_speech_dataset
 from training.models import create_model
 from training.models.separation import InverseStft, Stft
-from training.train_separation import LossConfig, clip_spec_for, pit_order, separation_loss, si_sdr
+from training.separation.train import LossConfig, clip_spec_for, pit_order, separation_loss, si_sdr
 from training.utils import save_checkpoint
 
 TINY = ("separation_tiny", "separation_tiny_still", "separation_tiny_audio_only", "separation_tiny_assign")
@@ -216,7 +216,7 @@ def test_exported_graph_matches_pytorch_on_waveforms(exported) -> None:
 
 
 def test_whole_track_for_a_video_longer_than_one_window(exported, tmp_path) -> None:
-    from training.separation_eval import read_variants, score_separation, separate_file
+    from training.separation.score import read_variants, score_separation, separate_file
 
     store, _ = exported
     loaded = load_model(store, "separation", providers=("CPUExecutionProvider",))

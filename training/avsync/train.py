@@ -243,7 +243,7 @@ def region_loss(cam: torch.Tensor, thresholds: tuple[float, float] = (0.6, 0.3),
 
 class KeepLoss:
     """Preservation with a frozen judge: the in-sync CAM of each window, min-max normalised per step and
-    binarised softly at half its range (the binarisation :mod:`training.localization` scores), masks the window's
+    binarised softly at half its range (the binarisation :mod:`training.avsync.score` scores), masks the window's
     frames; outside the mask they are replaced by the window's temporal mean (still, so no motion is left there).
     The judge (the sync network as it was when training started, frozen) must still tell the masked frames' own
     audio from the shifted one by ``margin``; the mask's area costs ``area`` per unit of frame. Gradients reach

@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.data.noise import NoiseReport
-from training.noisy import estimation as est
-from training.noisy.arrays import ArraySet, eval_windows, random_starts, window_batch
-from training.noisy.losses import (
+from training.action.noisy import estimation as est
+from training.action.noisy.arrays import ArraySet, eval_windows, random_starts, window_batch
+from training.action.noisy.losses import (
     cross_modal_nce,
     gce_loss,
     hybrid_targets,

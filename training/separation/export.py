@@ -24,7 +24,7 @@ def separation_export(ckpt: dict[str, Any], out_dir: Path) -> tuple[Path, dict[s
 
 def score_separation_candidate(path: Path, fields: dict[str, Any], eval_data: str, cache_dir: str):
     from training.data.datasets import read_records, resolve_data
-    from training.separation_eval import read_variants, score_separation
+    from training.separation.score import read_variants, score_separation
 
     model = candidate(path, fields)
     root = resolve_data(eval_data, cache_dir)
@@ -47,7 +47,7 @@ def build_separation_default(root: Path, cache_dir: str, checkpoint: str | Path 
     score on speech clips of seed 1000 (never used in training) and publish as ``<root>/separation`` v1."""
     from training.build_defaults import CONFIGS, _publish_fresh
     from training.config import load_config
-    from training.train_separation import SeparationTrainConfig, train_separation
+    from training.separation.train import SeparationTrainConfig, train_separation
 
     cfg = load_config(SeparationTrainConfig, CONFIGS / CONFIG, [f"data.cache_dir={cache_dir}"])
     metrics: dict[str, Any] = {}
