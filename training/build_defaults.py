@@ -29,8 +29,8 @@ def build_separation(root: Path, cache_dir: str) -> None:
 def build_action(root: Path, cache_dir: str) -> None:
     """The action model is trained with noise-tolerant learning on deliberately noisy SynthAV labels and
     audio (``action_ntl.yaml``: 40 % symmetric label noise, 20 % correspondence noise) and scored clean."""
-    from training.config import load_config
     from training.action.noisy.train import NoisyActionConfig, train_action_noisy
+    from training.config import load_config
 
     config = CONFIGS / "action_ntl.yaml"
     cfg = load_config(NoisyActionConfig, config, [f"data.cache_dir={cache_dir}"])
@@ -66,8 +66,8 @@ def build_avsync(root: Path, cache_dir: str, pretext_checkpoint: str | Path | No
     with the region contrast on its CAM (``avsync_region.yaml``, from stage 1); then with the preservation term
     judged by the frozen stage-2 network (``avsync_keep.yaml``, from stage 2); scored on unseen clips.
     ``pretext_checkpoint``: a finished stage-1 run to start stage 2 from instead of training stage 1."""
-    from training.config import load_config
     from training.avsync.train import PretrainConfig, pretrain
+    from training.config import load_config
 
     metrics = {}
     if pretext_checkpoint is None:

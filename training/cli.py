@@ -118,8 +118,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         return cli_evaluate(args)
     from model_store.registry import ModelStore
     from model_store.runtime import load_model
-    from training.data.datasets import read_records, resolve_data
     from training.action.score import decode_eval_set, score_action
+    from training.data.datasets import read_records, resolve_data
 
     store = ModelStore(args.root)
     version = int(args.version) if args.version and args.version.isdigit() else args.version

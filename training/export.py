@@ -136,9 +136,9 @@ def avsync_export(ckpt: dict[str, Any], out_dir: Path) -> tuple[Path, dict[str, 
 
 
 def _score_avsync(path: Path, fields: dict[str, Any], eval_data: str, cache_dir: str):
-    from training.data.datasets import read_records, resolve_data
     from training.avsync.score import score_localization
     from training.avsync.train import eval_shifts, load_eval_clips, score_alignment
+    from training.data.datasets import read_records, resolve_data
 
     model = candidate(path, fields)
     records = read_records(resolve_data(eval_data, cache_dir))
@@ -181,8 +181,8 @@ def export_checkpoint(checkpoint: str | Path, store: ModelStore, eval_data: str 
 
 
 def _score_candidate(path: Path, fields: dict[str, Any], eval_data: str, cache_dir: str):
-    from training.data.datasets import read_records, resolve_data
     from training.action.score import decode_eval_set, score_action
+    from training.data.datasets import read_records, resolve_data
 
     model = candidate(path, fields)
     records = read_records(resolve_data(eval_data, cache_dir))

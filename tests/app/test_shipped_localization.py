@@ -12,8 +12,8 @@ from PIL import Image
 from test_server import REPO, uvicorn_server
 
 from model_store.heatmaps import upsample
-from training.data.synthav import render_action_clip, write_video
 from training.avsync.score import binarise, box_mask, boxes_at, ciou
+from training.data.synthav import render_action_clip, write_video
 
 SHIPPED = REPO / "model_store" / "models"
 CLIPS = 8

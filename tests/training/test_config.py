@@ -2,8 +2,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from training.config import ConfigError, load_config, save_config
 from training.action.train import ActionTrainConfig
+from training.config import ConfigError, load_config, save_config
 
 
 @dataclass
@@ -52,11 +52,11 @@ def test_every_shipped_config_loads_and_names_a_registered_model():
     wrong type fails) and names a model the registry knows."""
     from pathlib import Path
 
+    from training.action.noisy.train import NoisyActionConfig
+    from training.action.train import ActionTrainConfig
+    from training.avsync.train import PretrainConfig
     from training.config import load_config
     from training.models import model_config
-    from training.action.noisy.train import NoisyActionConfig
-    from training.avsync.train import PretrainConfig
-    from training.action.train import ActionTrainConfig
     from training.separation.train import SeparationTrainConfig
 
     classes = {"avsync": PretrainConfig, "separation": SeparationTrainConfig, "action_ntl": NoisyActionConfig,

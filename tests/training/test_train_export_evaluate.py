@@ -8,8 +8,8 @@ import torch
 
 from model_store.registry import ModelStore
 from model_store.runtime import load_model
-from training.cli import main
 from training.action.train import zero_modalities
+from training.cli import main
 from training.utils import load_checkpoint
 
 

@@ -87,8 +87,8 @@ def _factory(cfg, seed: int):
 
 def run_one(method: str, train, test, mcfg, kind: str, r: float, c: float, seed: int, epochs: int,
             batch_size: int, lr: float, ntl_set: dict | None = None) -> dict:
-    from training.data.noise import make_noise
     from training.action.noisy.methods import METHODS, NTLConfig, RunConfig, accuracy
+    from training.data.noise import make_noise
 
     noise = make_noise(train.labels, mcfg.num_classes, r, kind, c, seed=10_000 + seed)
     noisy = train.with_noise(noise.labels, noise.audio_source)
@@ -185,9 +185,9 @@ def plot(results: list[dict], methods: list[str], path: Path) -> None:
 def run_benchmark(args) -> dict:
     import torch
 
-    from training.data.synthav import ACTION_CLASSES
     from training.action.noisy.arrays import clip_spec_of, load_array_set
     from training.action.train import clip_spec_for
+    from training.data.synthav import ACTION_CLASSES
 
     torch.set_num_threads(args.threads)
     methods = args.methods.split(",")

@@ -9,15 +9,6 @@ import torch
 import torch.nn.functional as F
 
 from model_store.manifest import ClipSpec
-from training.data.datasets import ClipData
-from training.data.noise import (
-    apply_noise,
-    asymmetric_label_noise,
-    correspondence_noise,
-    make_noise,
-    pair_map,
-    symmetric_label_noise,
-)
 from training.action.noisy import estimation as est
 from training.action.noisy.arrays import ArraySet, eval_windows, window_batch
 from training.action.noisy.losses import (
@@ -28,6 +19,15 @@ from training.action.noisy.losses import (
     sce_loss,
     soft_cross_entropy,
     weighted_mean,
+)
+from training.data.datasets import ClipData
+from training.data.noise import (
+    apply_noise,
+    asymmetric_label_noise,
+    correspondence_noise,
+    make_noise,
+    pair_map,
+    symmetric_label_noise,
 )
 
 # ------------------------------------------------------------------------------------------ noise injection
@@ -217,8 +217,8 @@ def test_window_batch_shapes():
 
 
 def test_noise_estimation_finds_planted_mismatched_pairs():
-    from training.models import create_model
     from training.action.noisy.methods import NTLConfig, RunConfig, train_ntl
+    from training.models import create_model
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny batches: more threads only contend

@@ -10,9 +10,6 @@ import torch
 
 from model_store.manifest import ClipSpec
 from model_store.runtime import create_session
-from training.data.datasets import ClipData
-from training.export import export_onnx
-from training.models import create_model, model_config
 from training.avsync.train import (
     PAPER_SHIFT,
     Pair,
@@ -24,6 +21,9 @@ from training.avsync.train import (
     pair_batch,
     pretrain,
 )
+from training.data.datasets import ClipData
+from training.export import export_onnx
+from training.models import create_model, model_config
 
 
 def _inputs(name: str, batch: int = 2, seed: int = 0, **overrides) -> tuple[torch.Tensor, torch.Tensor]:

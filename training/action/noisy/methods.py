@@ -31,7 +31,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.data.noise import NoiseReport
 from training.action.noisy import estimation as est
 from training.action.noisy.arrays import ArraySet, eval_windows, random_starts, window_batch
 from training.action.noisy.losses import (
@@ -43,6 +42,7 @@ from training.action.noisy.losses import (
     soft_cross_entropy,
     weighted_mean,
 )
+from training.data.noise import NoiseReport
 
 log = logging.getLogger(__name__)
 

@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.data.noise import make_noise
-from training.data.synthav import ACTION_CLASSES
-from training.models import create_model, model_config
 from training.action.noisy.arrays import load_array_set
 from training.action.noisy.methods import METHODS, NTLConfig, RunConfig, accuracy
 from training.action.train import DataConfig, clip_spec_for
+from training.data.noise import make_noise
+from training.data.synthav import ACTION_CLASSES
+from training.models import create_model, model_config
 from training.utils import save_checkpoint, start_run
 
 log = logging.getLogger(__name__)
