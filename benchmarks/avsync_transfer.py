@@ -48,10 +48,10 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict:
     from torch import nn
     from torch.utils.data import DataLoader
 
-    from training.action.train import ActionTrainConfig, DataConfig, clip_spec_for, evaluate, load_split, train_action
+    from training.action.train import ActionTrainConfig, DataConfig, evaluate, load_split, train_action
     from training.config import load_config
     from training.data.datasets import WindowDataset
-    from training.models import build_from_config
+    from training.models import build_from_config, clip_spec_for
     from training.utils import load_checkpoint
 
     model_name, pretrained = ARMS[arm]

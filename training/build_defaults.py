@@ -11,19 +11,41 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from model_store.registry import ModelStore
 
 log = logging.getLogger(__name__)
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
-EVAL_DATA = {"action": "synthav:seed=1000,n=200", "avsync": "synthav:seed=1000,n=200"}
+EVAL_DATA = {"action": "synthav:seed=1000,n=200", "avsync": "synthav:seed=1000,n=200",
+             "separation": "synthav:seed=1000,n=100,kind=speech"}
 
 
-def build_separation(root: Path, cache_dir: str) -> None:
-    from training.separation.export import build_separation_default
+def build_separation(root: Path, cache_dir: str, checkpoint: str | Path | None = None) -> None:
+    """Train ``configs/separation_audio_only.yaml`` then ``configs/separation_default.yaml`` warm-started from it
+    (or take ``checkpoint``, a finished run of that config), export, score on speech clips of seed 1000 (never used
+    in training) and publish as ``<root>/separation`` v1."""
+    from training.config import load_config
+    from training.separation.train import SeparationTrainConfig, train_separation
 
-    build_separation_default(root, cache_dir)
+    config = "separation_default.yaml"
+    cfg = load_config(SeparationTrainConfig, CONFIGS / config, [f"data.cache_dir={cache_dir}"])
+    metrics: dict[str, Any] = {}
+    if checkpoint is None:
+        # the audio-only PIT run first: its U-Net warm-starts the audio-visual model (cfg.init_unet)
+        pit = load_config(SeparationTrainConfig, CONFIGS / "separation_audio_only.yaml",
+                          [f"data.cache_dir={cache_dir}"])
+        metrics["audio_only"] = train_separation(pit)
+        cfg = load_config(SeparationTrainConfig, CONFIGS / config,
+                          [f"data.cache_dir={cache_dir}", f"init_unet={Path(pit.out) / 'best.pt'}"])
+        metrics["audio_visual"] = train_separation(cfg)
+        checkpoint = Path(cfg.out) / "best.pt"
+    extra = {"build": f"python -m training build-defaults --tasks separation (config {config})",
+             "backbone": "AVSyncNet trained jointly from scratch" if not cfg.init_avsync
+             else f"AVSyncNet initialised from {cfg.init_avsync}",
+             "train_metrics": metrics}
+    _publish_fresh(root, "separation", Path(checkpoint), EVAL_DATA["separation"], cache_dir, extra)
 
 
 def build_action(root: Path, cache_dir: str) -> None:
@@ -45,7 +67,7 @@ def build_action(root: Path, cache_dir: str) -> None:
 
 
 def _publish_fresh(root: Path, task: str, checkpoint: Path, eval_data: str, cache_dir: str, extra: dict) -> None:
-    from training.export import export_checkpoint
+    from training.publish import export_checkpoint
 
     with tempfile.TemporaryDirectory(dir=root.parent if root.parent.exists() else None) as tmp:
         manifest = export_checkpoint(checkpoint, ModelStore(tmp), eval_data=eval_data, cache_dir=cache_dir,

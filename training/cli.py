@@ -75,7 +75,7 @@ def _split_config_args(config: str | None, overrides: list[str]) -> tuple[str | 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from model_store.registry import ModelStore
-    from training.export import export_checkpoint
+    from training.publish import export_checkpoint
 
     manifest = export_checkpoint(args.checkpoint, ModelStore(args.root), eval_data=args.eval_data,
                                  alias=args.alias or None)

@@ -1,10 +1,12 @@
-"""Export a checkpoint to ONNX, check it, score it, and publish it to the model store."""
+"""The ONNX export core that every task's exporter uses: dynamo export with a dynamic batch axis, the checker,
+parity with PyTorch through ONNX Runtime at another batch size, and the manifest fields that a
+``forward(video, audio)`` model implies. Task exporters live in their task packages; :mod:`training.publish`
+hands a checkpoint to the right one."""
 
 from __future__ import annotations
 
 import logging
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +14,11 @@ import numpy as np
 import onnx
 import torch
 
-from model_store.manifest import ClipSpec, HeatmapSpec, Manifest, TensorSpec
-from model_store.registry import ModelStore, sha256_file
+from model_store.manifest import ClipSpec, Manifest, TensorSpec
+from model_store.registry import sha256_file
 from model_store.runtime import LoadedModel, create_session
 from training.models import build_from_config
-from training.utils import load_checkpoint, software_versions
+from training.utils import software_versions
 
 log = logging.getLogger(__name__)
 
@@ -120,76 +122,3 @@ def export_av_model(
         "versions": {**ckpt.get("versions", {}), **{f"export_{k}": v for k, v in software_versions().items()}},
     }
     return path, fields
-
-
-def action_export(ckpt: dict[str, Any], out_dir: Path) -> tuple[Path, dict[str, Any]]:
-    path, fields = export_av_model(ckpt, out_dir, "action", ["logits"])
-    return path, {**fields, "labels": list(ckpt["labels"])}
-
-
-def avsync_export(ckpt: dict[str, Any], out_dir: Path) -> tuple[Path, dict[str, Any]]:
-    """The sync network with two outputs: ``sync_logit`` (batch,) and ``cam`` (batch, T', h, w); its heatmaps are
-    read with the guided refinement (``HeatmapSpec``'s defaults, chosen on SynthAV seed 2024)."""
-    path, fields = export_av_model(ckpt, out_dir, "avsync", ["sync_logit", "cam"],
-                                   training={"shift_s": ckpt.get("shift_s")})
-    return path, {**fields, "heatmap": HeatmapSpec().model_dump()}
-
-
-def _score_avsync(path: Path, fields: dict[str, Any], eval_data: str, cache_dir: str):
-    from training.avsync.score import score_localization
-    from training.avsync.train import eval_shifts, load_eval_clips, score_alignment
-    from training.data.datasets import read_records, resolve_data
-
-    model = candidate(path, fields)
-    records = read_records(resolve_data(eval_data, cache_dir))
-    align = score_alignment(model, load_eval_clips(records, model.manifest.clip), eval_shifts(model.manifest))
-    loc = score_localization(model, records, progress=True)
-    metrics = {"accuracy": align["accuracy"], **{k: loc[k] for k in ("ciou_success", "auc", "mean_ciou")}}
-    for name, base in loc["baselines"].items():
-        metrics.update({f"{name}_{k}": base[k] for k in ("ciou_success", "auc", "mean_ciou")})
-    log.info("scored on %s: %s", eval_data, metrics)
-    return metrics, (f"{eval_data} ({loc['n']} clips; alignment: {align['n']} held-out windows, half shifted; "
-                     "centre_* and motion_* are the localization baselines; with a refined heatmap, cam_* is the CAM "
-                     "as it is and *_refined each baseline through the same refinement)")
-
-
-def export_checkpoint(checkpoint: str | Path, store: ModelStore, eval_data: str | None = None,
-                      alias: str | None = "production", cache_dir: str = "data/synthav",
-                      extra_training: dict[str, Any] | None = None) -> Manifest:
-    """Export, check, score on ``eval_data`` (if given) through the ORT session, and publish."""
-    ckpt = load_checkpoint(checkpoint)
-    kind = ckpt.get("kind")
-    with tempfile.TemporaryDirectory() as tmp:
-        if kind == "action":
-            path, fields = action_export(ckpt, Path(tmp))
-        elif kind == "avsync":
-            path, fields = avsync_export(ckpt, Path(tmp))
-        elif kind == "separation":
-            from training.separation.export import separation_export
-
-            path, fields = separation_export(ckpt, Path(tmp))
-        else:
-            raise ExportError(f"{checkpoint}: no exporter for checkpoint kind {kind!r}")
-        if extra_training:
-            fields["training"].update(extra_training)
-        if eval_data is not None:
-            score = _score_avsync if kind == "avsync" else _score_candidate
-            if kind == "separation":
-                from training.separation.export import score_separation_candidate as score
-            fields["metrics"], fields["metrics_data"] = score(path, fields, eval_data, cache_dir)
-        return store.publish(path, fields, alias=alias)
-
-
-def _score_candidate(path: Path, fields: dict[str, Any], eval_data: str, cache_dir: str):
-    from training.action.score import decode_eval_set, score_action
-    from training.data.datasets import read_records, resolve_data
-
-    model = candidate(path, fields)
-    records = read_records(resolve_data(eval_data, cache_dir))
-    clips = decode_eval_set(records, model.manifest.clip, model.manifest.labels, progress=True)
-    fused = score_action(model, clips)
-    metrics = {"accuracy": fused["accuracy"], "top5": fused["top5"]}
-    metrics["accuracy_audio_only"] = score_action(model, clips, zero="video")["accuracy"]
-    metrics["accuracy_video_only"] = score_action(model, clips, zero="audio")["accuracy"]
-    log.info("scored on %s: %s", eval_data, metrics)
-    return metrics, f"{eval_data} ({fused['n']} clips; single-modality rows feed zeros for the other input)"

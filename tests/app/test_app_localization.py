@@ -26,8 +26,8 @@ WIDTH, HEIGHT, SECONDS = 96, 64, 2.0
 @pytest.fixture(scope="module")
 def avsync_store(tmp_path_factory) -> Path:
     from model_store.registry import ModelStore
-    from training.export import export_checkpoint
     from training.models import create_model, model_config
+    from training.publish import export_checkpoint
     from training.utils import save_checkpoint
 
     torch.manual_seed(0)

@@ -186,8 +186,8 @@ def run_benchmark(args) -> dict:
     import torch
 
     from training.action.noisy.arrays import clip_spec_of, load_array_set
-    from training.action.train import clip_spec_for
     from training.data.synthav import ACTION_CLASSES
+    from training.models import clip_spec_for
 
     torch.set_num_threads(args.threads)
     methods = args.methods.split(",")

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from model_store.manifest import ClipSpec
 from training.data.datasets import ClipData, WindowDataset, load_clips, read_records, resolve_data
 from training.data.synthav import ACTION_CLASSES
-from training.models import create_model, model_config
+from training.models import clip_spec_for, create_model, model_config
 from training.utils import save_checkpoint, start_run
 
 log = logging.getLogger(__name__)
@@ -55,12 +55,6 @@ class ActionTrainConfig:
     progress: bool = True
     # a pretrained avsync (pretext) checkpoint whose network initialises the model's backbone ('' for none)
     init_checkpoint: str = ""
-
-
-def clip_spec_for(model_name: str) -> ClipSpec:
-    cfg = model_config(model_name)
-    return ClipSpec(fps=cfg.fps, frames=cfg.frames, height=cfg.size, width=cfg.size,
-                    sample_rate=cfg.sample_rate, audio_samples=cfg.audio_samples)
 
 
 def zero_modalities(video: torch.Tensor, audio: torch.Tensor, p: float, gen: torch.Generator) -> None:

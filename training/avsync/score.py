@@ -47,7 +47,8 @@ from model_store.heatmaps import (
 )
 from model_store.manifest import ClipSpec, HeatmapSpec
 from model_store.media import Windows, load_windows, normalize_video
-from training.data.datasets import Record
+from training.avsync.pairs import PAPER_SHIFT, heldout_pairs, pair_batch
+from training.data.datasets import ClipData, Record, load_clips
 
 log = logging.getLogger(__name__)
 
@@ -169,3 +170,34 @@ def score_localization(model, records: Sequence[Record], workers: int = 2, progr
     result = summarise(per_method.pop("model"))
     result["baselines"] = {name: summarise(values) for name, values in per_method.items()}
     return result
+
+
+# ------------------------------------------------------------------------------------------------ alignment
+
+
+def score_alignment(model, clips: Sequence[ClipData], shifts: tuple[float, float], batch: int = 32
+                    ) -> dict[str, float]:
+    """Alignment accuracy of a published model (a :class:`model_store.runtime.LoadedModel`) on the fixed pairs."""
+    clip = model.manifest.clip
+    pairs = heldout_pairs(clips, clip, shifts)
+    correct, n = 0, 0
+    for s in range(0, len(pairs), batch):
+        v, a, y = pair_batch(clips, clip, pairs[s:s + batch])
+        logit = model.run({"video": np.concatenate([v, v]), "audio": a})["sync_logit"]
+        correct += int(((logit > 0) == (y > 0.5)).sum())
+        n += len(y)
+    return {"accuracy": correct / n, "n": n, "n_clips": len(pairs)}
+
+
+def eval_shifts(manifest) -> tuple[float, float]:
+    """The shift range a published model was trained with (the paper's, scaled to its window, if unrecorded)."""
+    shifts = manifest.training.get("shift_s")
+    if shifts:
+        return float(shifts[0]), float(shifts[1])
+    return PAPER_SHIFT[0] * manifest.clip.window_s, PAPER_SHIFT[1] * manifest.clip.window_s
+
+
+def load_eval_clips(records, clip: ClipSpec, workers: int = 2, progress: bool = False) -> list[ClipData]:
+    """Decode evaluation records with the service's decoder (no cache)."""
+    labels = sorted({r.label for r in records if r.label is not None})
+    return load_clips(records, clip, labels, workers=workers, progress=progress)

@@ -4,8 +4,6 @@ A positive is a window of a video with its own audio; its negative is the same f
 video shifted by a random offset in ``[shift_min_s, shift_max_s]`` (the paper: 2.0-5.8 s on 4.2 s windows, i.e.
 0.48-1.38 window lengths). Every batch holds each sampled window twice, once per label, so it is balanced. The
 shifted audio always lies inside the source clip: no padding that would give the answer away.
-
-Also here: the fixed held-out pairs of ``evaluate alignment`` and their scoring through the ONNX model.
 """
 
 from __future__ import annotations
@@ -15,7 +13,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,15 +24,12 @@ import torch
 from torch import nn
 
 from model_store.manifest import ClipSpec
-from model_store.media import normalize_video
+from training.avsync.pairs import PAPER_SHIFT, Pair, draw_pair, heldout_pairs, pair_batch
 from training.data.datasets import ClipData, load_clips, read_records, resolve_data
-from training.models import create_model, model_config
+from training.models import clip_spec_for, create_model, model_config
 from training.utils import load_checkpoint, save_checkpoint, start_run
 
 log = logging.getLogger(__name__)
-
-# the paper's shift range as a fraction of its 4.2 s window
-PAPER_SHIFT = (2.0 / 4.2, 5.8 / 4.2)
 
 
 @dataclass
@@ -91,12 +85,6 @@ class PretrainConfig:
     progress: bool = True
 
 
-def clip_spec_for(model_name: str) -> ClipSpec:
-    cfg = model_config(model_name)
-    return ClipSpec(fps=cfg.fps, frames=cfg.frames, height=cfg.size, width=cfg.size,
-                    sample_rate=cfg.sample_rate, audio_samples=cfg.audio_samples)
-
-
 def shift_range(cfg: PretrainConfig, clip: ClipSpec) -> tuple[float, float]:
     lo = cfg.shift_min_s if cfg.shift_min_s is not None else PAPER_SHIFT[0] * clip.window_s
     hi = cfg.shift_max_s if cfg.shift_max_s is not None else PAPER_SHIFT[1] * clip.window_s
@@ -132,82 +120,6 @@ def load_decoded(spec: str, clip: ClipSpec, data: PretrainData, progress: bool =
                  durations=np.array([c.duration_s for c in clips]))
         tmp.rename(cache)
     return clips
-
-
-@dataclass(frozen=True)
-class Pair:
-    """A window of ``clip`` whose frames start at ``video_s`` and whose shifted audio starts at ``audio_s``."""
-
-    clip: int
-    video_s: float
-    audio_s: float
-
-
-def draw_pair(rng: np.random.Generator, ci: int, duration_s: float, clip: ClipSpec,
-              shifts: tuple[float, float]) -> Pair | None:
-    """Frames at one start, audio at another start ``shift`` away (either direction), both inside the clip and
-    on the frame grid. None when the clip is too short for the smallest shift."""
-    step = 1.0 / clip.fps
-    span = duration_s - clip.window_s  # latest start
-    hi = min(shifts[1], span)
-    if hi < shifts[0]:
-        return None
-    n_min, n_max = math.ceil(shifts[0] / step - 1e-6), math.floor(hi / step + 1e-6)
-    if n_max < n_min:
-        return None
-    shift = int(rng.integers(n_min, n_max + 1)) * step
-    first = int(rng.integers(0, math.floor((span - shift) / step + 1e-6) + 1)) * step
-    a, b = (first, first + shift) if rng.uniform() < 0.5 else (first + shift, first)
-    return Pair(ci, a, b)
-
-
-def window_arrays(c: ClipData, clip: ClipSpec, video_s: float, audio_s: float) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 frames (T, H, W, 3) from ``video_s`` and float32 audio (S,) from ``audio_s``."""
-    f0 = int(round(video_s * clip.fps))
-    idx = np.minimum(np.arange(f0, f0 + clip.frames), len(c.frames) - 1)
-    a0 = int(round(audio_s * clip.sample_rate))
-    audio = np.zeros(clip.audio_samples, dtype=np.float32)
-    chunk = c.audio[a0:a0 + clip.audio_samples]
-    audio[:len(chunk)] = chunk
-    return c.frames[idx], audio
-
-
-def heldout_pairs(clips: Sequence[ClipData], clip: ClipSpec, shifts: tuple[float, float],
-                  seed: int = 0) -> list[Pair]:
-    """One fixed pair per clip, drawn from ``[seed, clip index]``: the same for every model and run."""
-    pairs = []
-    for i, c in enumerate(clips):
-        p = draw_pair(np.random.default_rng([seed, i]), i, c.duration_s, clip, shifts)
-        if p is not None:
-            pairs.append(p)
-    if not pairs:
-        raise ValueError(f"no clip is long enough for a window of {clip.window_s:.2f} s and a shift of "
-                         f"{shifts[0]:.2f} s")
-    return pairs
-
-
-def pair_batch(clips: Sequence[ClipData], clip: ClipSpec, pairs: Sequence[Pair], flips: np.ndarray | None = None,
-               other: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Model inputs for ``pairs``: each window's frames once, its audio twice: in sync (label 1), then shifted
-    (label 0); feed ``video`` repeated twice (or use ``forward_shared_video``). With ``other``, a third track
-    (label 0): the next pair's in-sync audio, so pairs should come from different clips.
-
-    Shape: video (N, 3, T, H, W) float32, audio (kN, S) float32, label (kN,) float32, k = 2 (3 with ``other``)
-    """
-    videos, pos, neg = [], [], []
-    for k, p in enumerate(pairs):
-        frames, shifted = window_arrays(clips[p.clip], clip, p.video_s, p.audio_s)
-        _, own = window_arrays(clips[p.clip], clip, p.video_s, p.video_s)
-        if flips is not None and flips[k]:
-            frames = frames[:, :, ::-1]
-        videos.append(frames)
-        pos.append(own)
-        neg.append(shifted)
-    video = normalize_video(np.stack(videos), clip)
-    tracks = [pos, neg] + ([pos[1:] + pos[:1]] if other else [])
-    audio = np.stack([a for t in tracks for a in t])
-    label = np.concatenate([np.ones(len(pairs))] + [np.zeros(len(pairs))] * (len(tracks) - 1)).astype(np.float32)
-    return video, audio, label
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -411,34 +323,3 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     final["step"] = best["step"]
     final["train_seconds"] = time.perf_counter() - t_start
     return final
-
-
-# ------------------------------------------------------------------------------------- ONNX evaluation
-
-
-def score_alignment(model, clips: Sequence[ClipData], shifts: tuple[float, float], batch: int = 32
-                    ) -> dict[str, float]:
-    """Alignment accuracy of a published model (a :class:`model_store.runtime.LoadedModel`) on the fixed pairs."""
-    clip = model.manifest.clip
-    pairs = heldout_pairs(clips, clip, shifts)
-    correct, n = 0, 0
-    for s in range(0, len(pairs), batch):
-        v, a, y = pair_batch(clips, clip, pairs[s:s + batch])
-        logit = model.run({"video": np.concatenate([v, v]), "audio": a})["sync_logit"]
-        correct += int(((logit > 0) == (y > 0.5)).sum())
-        n += len(y)
-    return {"accuracy": correct / n, "n": n, "n_clips": len(pairs)}
-
-
-def eval_shifts(manifest) -> tuple[float, float]:
-    """The shift range a published model was trained with (the paper's, scaled to its window, if unrecorded)."""
-    shifts = manifest.training.get("shift_s")
-    if shifts:
-        return float(shifts[0]), float(shifts[1])
-    return PAPER_SHIFT[0] * manifest.clip.window_s, PAPER_SHIFT[1] * manifest.clip.window_s
-
-
-def load_eval_clips(records, clip: ClipSpec, workers: int = 2, progress: bool = False) -> list[ClipData]:
-    """Decode evaluation records with the service's decoder (no cache)."""
-    labels = sorted({r.label for r in records if r.label is not None})
-    return load_clips(records, clip, labels, workers=workers, progress=progress)

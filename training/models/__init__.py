@@ -8,6 +8,8 @@ from typing import Any
 
 from torch import nn
 
+from model_store.manifest import ClipSpec, StftSpec
+
 _REGISTRY: dict[str, tuple[type[nn.Module], Any]] = {}
 
 
@@ -41,6 +43,15 @@ def build_from_config(name: str, config_dict: dict[str, Any]) -> nn.Module:
     fields = {f.name for f in dataclasses.fields(default)}
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in config_dict.items() if k in fields}
     return cls(type(default)(**kwargs))
+
+
+def clip_spec_for(name: str, hop_s: float | None = None, stft: bool = False) -> ClipSpec:
+    """The clip spec a registered model is trained and served with: its fps, frames, square size, sample rate and
+    window samples; ``hop_s`` the sliding-window hop; with ``stft``, the STFT parameters its graph uses."""
+    cfg = model_config(name)
+    return ClipSpec(fps=cfg.fps, frames=cfg.frames, height=cfg.size, width=cfg.size, sample_rate=cfg.sample_rate,
+                    audio_samples=cfg.audio_samples, hop_s=hop_s,
+                    stft=StftSpec(n_fft=cfg.n_fft, hop_length=cfg.hop, win_length=cfg.n_fft) if stft else None)
 
 
 _loaders: list[Callable[[], None]] = []

@@ -31,7 +31,7 @@ from torch.nn import functional as F
 from model_store.manifest import ClipSpec
 from model_store.media import normalize_video
 from training.data.datasets import load_clips, read_records, resolve_data
-from training.models import create_model, model_config
+from training.models import clip_spec_for, create_model, model_config
 from training.utils import load_checkpoint, save_checkpoint, start_run
 
 log = logging.getLogger(__name__)
@@ -94,15 +94,6 @@ class SeparationTrainConfig:
     threads: int = 1
     out: str = "runs/separation"
     progress: bool = True
-
-
-def clip_spec_for(model_name: str, hop_s: float | None = None) -> ClipSpec:
-    from model_store.manifest import StftSpec
-
-    cfg = model_config(model_name)
-    return ClipSpec(fps=cfg.fps, frames=cfg.frames, height=cfg.size, width=cfg.size, sample_rate=cfg.sample_rate,
-                    audio_samples=cfg.audio_samples, hop_s=hop_s,
-                    stft=StftSpec(n_fft=cfg.n_fft, hop_length=cfg.hop, win_length=cfg.n_fft))
 
 
 # ------------------------------------------------------------------------------------------- losses
@@ -350,7 +341,7 @@ def train_separation(cfg: SeparationTrainConfig) -> dict[str, Any]:
 
     mcfg = model_config(cfg.model)
     pit = bool(mcfg.audio_only or mcfg.assign)  # the separation loss is permutation-invariant
-    clip = clip_spec_for(cfg.model, cfg.window_hop_s)
+    clip = clip_spec_for(cfg.model, cfg.window_hop_s, stft=True)
     train_src = load_sources(cfg.data.train, clip, cfg.data, cfg.progress)
     val_src = load_sources(cfg.data.val, clip, cfg.data, cfg.progress)
     val_rng = np.random.default_rng(12345)

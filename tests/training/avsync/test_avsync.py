@@ -10,17 +10,8 @@ import torch
 
 from model_store.manifest import ClipSpec
 from model_store.runtime import create_session
-from training.avsync.train import (
-    PAPER_SHIFT,
-    Pair,
-    PretrainConfig,
-    PretrainData,
-    PretrainOptim,
-    draw_pair,
-    heldout_pairs,
-    pair_batch,
-    pretrain,
-)
+from training.avsync.pairs import PAPER_SHIFT, Pair, draw_pair, heldout_pairs, pair_batch
+from training.avsync.train import PretrainConfig, PretrainData, PretrainOptim, pretrain
 from training.data.datasets import ClipData
 from training.export import export_onnx
 from training.models import create_model, model_config
@@ -246,7 +237,8 @@ def test_pretrain_writes_a_checkpoint_with_its_shift_range(sync_run):
 
 def test_decoded_cache_is_reused(sync_run, action_ds):
     out, cfg, _ = sync_run
-    from training.avsync.train import clip_spec_for, load_decoded
+    from training.avsync.train import load_decoded
+    from training.models import clip_spec_for
 
     assert len(list((out / "decoded").glob("*.npz"))) == 1
     clips = load_decoded(str(action_ds), clip_spec_for("avsync_tiny"), dataclasses.replace(cfg.data))

@@ -16,9 +16,9 @@ from model_store.media import load_windows
 from model_store.registry import ModelStore
 from model_store.runtime import load_model
 from training.data.synthav_speech import SpeechConfig, write_speech_dataset
-from training.models import create_model
+from training.models import clip_spec_for, create_model
 from training.models.separation import InverseStft, Stft
-from training.separation.train import LossConfig, clip_spec_for, pit_order, separation_loss, si_sdr
+from training.separation.train import LossConfig, pit_order, separation_loss, si_sdr
 from training.utils import save_checkpoint
 
 TINY = ("separation_tiny", "separation_tiny_still", "separation_tiny_audio_only", "separation_tiny_assign")
@@ -173,7 +173,7 @@ def test_a_few_steps_learn_to_separate_two_tones() -> None:
 def exported(request, tmp_path_factory) -> tuple[ModelStore, torch.nn.Module]:
     """A tiny model with random weights (BN statistics nudged), exported and published to a temp store; the
     ``assign`` variant has the sync head's ordering inside the graph."""
-    from training.export import export_checkpoint
+    from training.publish import export_checkpoint
 
     name = request.param
     torch.manual_seed(1)
@@ -184,7 +184,7 @@ def exported(request, tmp_path_factory) -> tuple[ModelStore, torch.nn.Module]:
             model(*_inputs(model, batch=4, seed=5))
     model.eval()
     d = tmp_path_factory.mktemp("sepexport")
-    clip = clip_spec_for(name, hop_s=0.5)
+    clip = clip_spec_for(name, hop_s=0.5, stft=True)
     save_checkpoint(d / "best.pt", {
         "kind": "separation", "model": name, "model_config": dataclasses.asdict(model.cfg),
         "config": {}, "clip": clip.model_dump(), "pit": False, "state_dict": model.state_dict(), "metrics": {},

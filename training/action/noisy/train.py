@@ -22,10 +22,10 @@ import torch
 
 from training.action.noisy.arrays import load_array_set
 from training.action.noisy.methods import METHODS, NTLConfig, RunConfig, accuracy
-from training.action.train import DataConfig, clip_spec_for
+from training.action.train import DataConfig
 from training.data.noise import make_noise
 from training.data.synthav import ACTION_CLASSES
-from training.models import create_model, model_config
+from training.models import clip_spec_for, create_model, model_config
 from training.utils import save_checkpoint, start_run
 
 log = logging.getLogger(__name__)
