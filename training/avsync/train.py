@@ -26,8 +26,9 @@ from torch import nn
 from model_store.manifest import ClipSpec
 from training.avsync.pairs import PAPER_SHIFT, Pair, draw_pair, heldout_pairs, pair_batch
 from training.data.datasets import ClipData, load_clips, read_records, resolve_data
+from training.engine import Loop, Run, RunOptions, fit, stopped
 from training.models import clip_spec_for, create_model, model_config
-from training.utils import load_checkpoint, save_checkpoint, start_run
+from training.utils import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class PretrainOptim:
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(RunOptions):
     model: str = "avsync_small"
     data: PretrainData = field(default_factory=PretrainData)
     optim: PretrainOptim = field(default_factory=PretrainOptim)
@@ -78,11 +79,7 @@ class PretrainConfig:
     keep_delete: float = 0.0  # weight of the deletion term: the masked part stilled, the judge should not hear sync
     init: str = ""  # a sync-network checkpoint to start from: its tensors whose names and shapes match
     eval_every: int = 250
-    seed: int = 0
-    deterministic: bool = False
-    threads: int = 1
     out: str = "runs/avsync"
-    progress: bool = True
 
 
 def shift_range(cfg: PretrainConfig, clip: ClipSpec) -> tuple[float, float]:
@@ -221,36 +218,54 @@ def step(model: nn.Module, video: torch.Tensor, audio: torch.Tensor, label: torc
     return loss, logit
 
 
-@torch.inference_mode()
+def eval_sums(model: nn.Module, clips: Sequence[ClipData], clip: ClipSpec, pairs: Sequence[Pair],
+              device: torch.device, batch: int = 32) -> dict[str, float]:
+    """Summed loss, correct answers and count on fixed held-out pairs (one positive and one negative each)."""
+    model.eval()
+    correct, loss_sum, n = 0.0, 0.0, 0
+    with torch.inference_mode():
+        for s in range(0, len(pairs), batch):
+            v, a, y = (torch.from_numpy(x).to(device) for x in pair_batch(clips, clip, pairs[s:s + batch]))
+            loss, logit = step(model, v, a, y)
+            correct += ((logit > 0).float() == y).sum().item()
+            loss_sum += loss.item() * len(y)
+            n += len(y)
+    return {"loss_sum": loss_sum, "correct": correct, "n": n}
+
+
 def evaluate(model: nn.Module, clips: Sequence[ClipData], clip: ClipSpec, pairs: Sequence[Pair],
              device: torch.device, batch: int = 32) -> dict[str, float]:
-    """Held-out alignment accuracy on fixed pairs (one positive and one negative each)."""
-    model.eval()
-    correct, loss_sum, n = 0, 0.0, 0
-    for s in range(0, len(pairs), batch):
-        v, a, y = (torch.from_numpy(x).to(device) for x in pair_batch(clips, clip, pairs[s:s + batch]))
-        loss, logit = step(model, v, a, y)
-        correct += ((logit > 0).float() == y).sum().item()
-        loss_sum += loss.item() * len(y)
-        n += len(y)
-    return {"loss": loss_sum / n, "accuracy": correct / n, "n": n}
+    """Held-out alignment accuracy and loss on fixed pairs."""
+    return _means(eval_sums(model, clips, clip, pairs, device, batch))
+
+
+def _means(s: dict[str, float]) -> dict[str, float]:
+    return {"loss": s["loss_sum"] / s["n"], "accuracy": s["correct"] / s["n"], "n": int(s["n"])}
+
+
+def draw_batch(rng: np.random.Generator, clips: Sequence[ClipData], clip: ClipSpec, shifts: tuple[float, float],
+               batch_size: int, flip: bool, other: bool) -> tuple[list[Pair], np.ndarray | None]:
+    """A global batch of training pairs (from distinct clips when ``other``) and their flips."""
+    pairs: list[Pair] = []
+    while len(pairs) < batch_size:
+        ci = int(rng.integers(len(clips)))
+        if other and any(p.clip == ci for p in pairs):
+            continue  # the other-clip track must come from another clip
+        p = draw_pair(rng, ci, clips[ci].duration_s, clip, shifts)
+        if p is not None:
+            pairs.append(p)
+    flips = rng.uniform(size=batch_size) < 0.5 if flip else None
+    return pairs, flips
 
 
 def train_steps(model, clips, clip, shifts, optimizer, scheduler, device, rng, steps, batch_size, flip,
                 pair_weight=0.0, region_weight=0.0, region_thresholds=(0.6, 0.3), other_weight=0.0, keep=None):
-    """``steps`` optimisation steps on freshly drawn pairs; returns mean loss and accuracy."""
+    """``steps`` plain optimisation steps on freshly drawn pairs, one process, no checkpoints (for tests and
+    experiments; :func:`pretrain` runs the same steps on the engine); returns mean loss and accuracy."""
     model.train()
     loss_sum, correct, n = 0.0, 0, 0
     for _ in range(steps):
-        pairs: list[Pair] = []
-        while len(pairs) < batch_size:
-            ci = int(rng.integers(len(clips)))
-            if other_weight and any(p.clip == ci for p in pairs):
-                continue  # the other-clip track must come from another clip
-            p = draw_pair(rng, ci, clips[ci].duration_s, clip, shifts)
-            if p is not None:
-                pairs.append(p)
-        flips = rng.uniform(size=batch_size) < 0.5 if flip else None
+        pairs, flips = draw_batch(rng, clips, clip, shifts, batch_size, flip, other_weight > 0)
         v, a, y = (torch.from_numpy(x).to(device) for x in pair_batch(clips, clip, pairs, flips, other_weight > 0))
         loss, logit = step(model, v, a, y, pair_weight, region_weight, region_thresholds, other_weight, keep)
         optimizer.zero_grad(set_to_none=True)
@@ -265,15 +280,16 @@ def train_steps(model, clips, clip, shifts, optimizer, scheduler, device, rng, s
 
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     """Train the sync network on the pretext; keep the checkpoint with the best held-out accuracy."""
-    device, out = start_run(cfg)
+    run = Run(cfg, "avsync")
+    device = run.device
 
     clip = clip_spec_for(cfg.model)
     shifts = shift_range(cfg, clip)
     train_clips = load_decoded(cfg.data.train, clip, cfg.data, cfg.progress)
     val_clips = load_decoded(cfg.data.val, clip, cfg.data, cfg.progress)
     val_pairs = heldout_pairs(val_clips, clip, shifts)
-    log.info("pretext: %d train clips, %d held-out pairs, window %.2f s, shifts %.2f-%.2f s", len(train_clips),
-             len(val_pairs), clip.window_s, *shifts)
+    log.info("pretext: %d train clips, %d held-out pairs, window %.2f s, shifts %.2f-%.2f s, %d process(es)",
+             len(train_clips), len(val_pairs), clip.window_s, *shifts, run.world_size)
 
     model = create_model(cfg.model).to(device)
     if cfg.init:
@@ -288,38 +304,72 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.optim.lr, total_steps=cfg.optim.steps,
                                                     pct_start=cfg.optim.warmup)
+    other = cfg.other_weight > 0
+    train_step = run.wrap(lambda m, v, a, y: step(m, v, a, y, cfg.pair_weight, cfg.region_weight,
+                                                  tuple(cfg.region_thresholds), cfg.other_weight, keep), model)
+    rng = np.random.default_rng(cfg.seed)  # the global batch stream, the same on every rank
+    st: dict[str, Any] = {"history": [], "best": None, "seconds": 0.0, "round": {"loss": 0.0, "correct": 0.0,
+                                                                                 "n": 0}}
+    t_round = time.perf_counter()
 
-    def checkpoint(path: Path, step: int, val: dict[str, float]) -> None:
-        save_checkpoint(path, {
-            "kind": "avsync",
-            "model": cfg.model,
-            "model_config": dataclasses.asdict(mcfg),
-            "config": dataclasses.asdict(cfg),
-            "shift_s": list(shifts),
-            "state_dict": model.state_dict(),
-            "metrics": {"step": step, **{f"val_{k}": float(v) for k, v in val.items()}},
-        })
+    def one_step(_i: int) -> tuple[torch.Tensor, dict[str, float], int]:
+        pairs, flips = draw_batch(rng, train_clips, clip, shifts, cfg.optim.batch_size, cfg.flip, other)
+        mine = run.shard(range(len(pairs)))
+        v, a, y = (torch.from_numpy(x).to(device) for x in
+                   pair_batch(train_clips, clip, [pairs[k] for k in mine],
+                              None if flips is None else flips[mine], other))
+        loss, logit = train_step(v, a, y)
+        correct = ((logit.detach() > 0).float() == y).sum().item()
+        r = st["round"]
+        r["loss"] += loss.item() * len(y)
+        r["correct"] += correct
+        r["n"] += len(y)
+        return loss, {"loss": loss.item(), "accuracy": correct / len(y)}, len(mine)
 
-    rng = np.random.default_rng(cfg.seed)
-    history, best = [], None
-    done, t_start = 0, time.perf_counter()
-    while done < cfg.optim.steps:
-        t0 = time.perf_counter()
-        k = min(cfg.eval_every, cfg.optim.steps - done)
-        tr = train_steps(model, train_clips, clip, shifts, optimizer, scheduler, device, rng, k,
-                         cfg.optim.batch_size, cfg.flip, cfg.pair_weight, cfg.region_weight,
-                         tuple(cfg.region_thresholds), cfg.other_weight, keep)
-        done += k
-        va = evaluate(model, val_clips, clip, val_pairs, device)
-        history.append({"step": done, "train": tr, "val": va, "seconds": time.perf_counter() - t0})
+    def round_end(_r: int, done: int) -> dict[str, float]:
+        nonlocal t_round
+        va = _means(run.reduce_sums(eval_sums(model, val_clips, clip, val_pairs[run.rank::run.world_size],
+                                              device)))
+        tr = run.reduce_sums({"loss_sum": st["round"]["loss"], "correct": st["round"]["correct"],
+                              "n": st["round"]["n"]})
+        tr = _means(tr) if tr["n"] else {"loss": float("nan"), "accuracy": float("nan")}
+        seconds = time.perf_counter() - t_round
+        st["seconds"] += seconds
+        st["history"].append({"step": done, "train": {k: tr[k] for k in ("loss", "accuracy")}, "val": va,
+                              "seconds": seconds})
+        st["round"] = {"loss": 0.0, "correct": 0.0, "n": 0}
         log.info("step %d train loss %.3f acc %.3f | val loss %.3f acc %.3f (%.0f s)", done, tr["loss"],
-                 tr["accuracy"], va["loss"], va["accuracy"], time.perf_counter() - t0)
-        if best is None or va["accuracy"] >= best["val"]["accuracy"]:
-            best = history[-1]
-            checkpoint(out / "best.pt", done, va)
-        (out / "history.json").write_text(json.dumps(history, indent=2))
-    checkpoint(out / "last.pt", done, va)
-    final = {f"val_{k}": float(v) for k, v in best["val"].items()}
+                 tr["accuracy"], va["loss"], va["accuracy"], seconds)
+        if st["best"] is None or va["accuracy"] >= st["best"]["val"]["accuracy"]:
+            st["best"] = st["history"][-1]
+            run.save("best.pt", run.checkpoint_payload(model, **provenance(),
+                                                       metrics={"step": done, **_val(va)}))
+        t_round = time.perf_counter()
+        return _val(va)
+
+    def provenance() -> dict[str, Any]:
+        return {"model": cfg.model, "model_config": dataclasses.asdict(mcfg), "shift_s": list(shifts)}
+
+    def load_state(d: dict[str, Any]) -> None:
+        st.update(d)
+
+    loop = Loop(models=[model], optimizers=[optimizer], schedulers=[scheduler], steps=cfg.optim.steps,
+                round_steps=cfg.eval_every, step=one_step, round_end=round_end, state=lambda: dict(st),
+                load_state=load_state, generators={"batches": rng},
+                payload=lambda: {**provenance(), "metrics": ({"step": st["best"]["step"], **_val(st["best"]["val"])}
+                                                             if st["best"] else {})})
+    try:
+        done = fit(run, loop)
+    finally:
+        run.close()
+    if run.stop_requested:
+        return stopped(run, done)
+    best = st["best"]
+    final = _val(best["val"])
     final["step"] = best["step"]
-    final["train_seconds"] = time.perf_counter() - t_start
+    final["train_seconds"] = st["seconds"]
     return final
+
+
+def _val(va: dict[str, float]) -> dict[str, float]:
+    return {f"val_{k}": float(v) for k, v in va.items()}

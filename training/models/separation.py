@@ -78,6 +78,9 @@ class Stft(nn.Module):
         self.register_buffer("basis", basis.float()[:, None, :], persistent=False)
 
     def forward(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.is_autocast_enabled(wave.device.type):  # training in mixed precision: the DFT stays fp32
+            with torch.autocast(wave.device.type, enabled=False):
+                return self.forward(wave.float())
         x = F.pad(wave[:, None, :], (self.n_fft // 2, self.n_fft // 2))  # (B, 1, S + n_fft)
         spec = F.conv1d(x, self.basis, stride=self.hop)  # (B, 2F, frames)
         return spec[:, : self.n_freqs], spec[:, self.n_freqs :]
@@ -113,6 +116,9 @@ class InverseStft(nn.Module):
         self.register_buffer("inv_env", (1.0 / env.clamp(min=1e-8)).float(), persistent=False)
 
     def forward(self, re: torch.Tensor, im: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled(re.device.type):  # training in mixed precision: the inverse DFT stays fp32
+            with torch.autocast(re.device.type, enabled=False):
+                return self.forward(re.float(), im.float())
         spec = torch.cat([re, im], dim=1)  # (B, 2F, frames)
         wave = F.conv_transpose1d(spec, self.basis, stride=self.hop)[:, 0]  # (B, total)
         half = self.n_fft // 2

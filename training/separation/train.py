@@ -17,10 +17,10 @@ belongs to the frames.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,8 +31,9 @@ from torch.nn import functional as F
 from model_store.manifest import ClipSpec
 from model_store.media import normalize_video
 from training.data.datasets import load_clips, read_records, resolve_data
+from training.engine import Loop, Run, RunOptions, fit, stopped
 from training.models import clip_spec_for, create_model, model_config
-from training.utils import load_checkpoint, save_checkpoint, start_run
+from training.utils import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class SepOptimConfig:
 
 
 @dataclass
-class SeparationTrainConfig:
+class SeparationTrainConfig(RunOptions):
     model: str = "separation_small"
     init_avsync: str = ""  # a pretrained sync-network checkpoint whose weights initialise the backbone
     init_unet: str = ""  # a separation checkpoint (e.g. the audio-only PIT run) whose U-Net initialises this one
@@ -89,11 +90,7 @@ class SeparationTrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: SepOptimConfig = field(default_factory=SepOptimConfig)
     window_hop_s: float = 0.75  # sliding-window hop recorded in the clip spec (overlap-add at inference)
-    seed: int = 0
-    deterministic: bool = False
-    threads: int = 1
     out: str = "runs/separation"
-    progress: bool = True
 
 
 # ------------------------------------------------------------------------------------------- losses
@@ -203,27 +200,30 @@ def _rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(x.astype(np.float64) ** 2)) + 1e-6)
 
 
-def make_batch(src: SourceSet, clip: ClipSpec, mix: MixConfig, rng: np.random.Generator, size: int
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """On-the-fly mixtures: (video (B, 3, T, H, W), mixture (B, S), refs (B, 2, S))."""
+def make_batch(src: SourceSet, clip: ClipSpec, mix: MixConfig, rng: np.random.Generator, size: int,
+               keep: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """On-the-fly mixtures: (video (B, 3, T, H, W), mixture (B, S), refs (B, 2, S)). ``size`` mixtures are drawn
+    from ``rng``; with ``keep`` (this rank's share of a global batch) only those are built."""
     n_clips, S, T = len(src.frames), clip.audio_samples, clip.frames
+    wanted = set(range(size) if keep is None else keep)
     videos, mixes, refs = [], [], []
-    for _ in range(size):
+    for k in range(size):
         i = int(rng.integers(n_clips))
         n_frames = len(src.frames[i])
         f0 = int(rng.integers(0, max(1, n_frames - T + 1)))
         a0 = int(round(f0 / clip.fps * clip.sample_rate))
-        on = _window(src.on[i], a0, S)
-        if rng.uniform() < mix.own_off:
-            off = _window(src.off[i], a0, S)
-        else:
+        own = rng.uniform() < mix.own_off
+        if not own:
             j = int(rng.integers(n_clips - 1))
             j += j >= i
             b0 = int(rng.integers(0, max(1, len(src.on[j]) - S + 1)))
-            off = _window(src.on[j], b0, S)
         level = rng.uniform(*mix.level_db)
-        off = off * (_rms(on) / _rms(off) * 10.0 ** (level / 20.0))
         gain = rng.uniform(*mix.gain)
+        if k not in wanted:
+            continue
+        on = _window(src.on[i], a0, S)
+        off = _window(src.off[i], a0, S) if own else _window(src.on[j], b0, S)
+        off = off * (_rms(on) / _rms(off) * 10.0 ** (level / 20.0))
         on, off = on * gain, off * gain
         peak = np.abs(on + off).max()
         if peak > 0.99:
@@ -337,7 +337,8 @@ def init_unet(model: torch.nn.Module, checkpoint: str) -> dict[str, int]:
 
 def train_separation(cfg: SeparationTrainConfig) -> dict[str, Any]:
     """Train for ``optim.steps`` steps, validate every ``eval_every``, keep the best; returns final metrics."""
-    device, out = start_run(cfg)
+    run = Run(cfg, "separation")
+    device = run.device
 
     mcfg = model_config(cfg.model)
     pit = bool(mcfg.audio_only or mcfg.assign)  # the separation loss is permutation-invariant
@@ -358,39 +359,81 @@ def train_separation(cfg: SeparationTrainConfig) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.optim.lr, total_steps=cfg.optim.steps,
                                                     pct_start=0.1)
-    rng = np.random.default_rng(cfg.seed)
-    history, best = [], None
-    done, t_start = 0, time.perf_counter()
-    while done < cfg.optim.steps:
-        n_steps = min(cfg.optim.eval_every, cfg.optim.steps - done)
-        t0 = time.perf_counter()
-        batches = (make_batch(train_src, clip, cfg.mix, rng, cfg.optim.batch_size) for _ in range(n_steps))
-        tr = train_one_epoch(model, batches, optimizer, scheduler, cfg, device, pit)
-        done += n_steps
-        va = evaluate(model, val, cfg, device, pit)
-        history.append({"step": done, "train": tr, "val": va, "seconds": time.perf_counter() - t0})
+
+    def forward(m: torch.nn.Module, video: torch.Tensor, mixture: torch.Tensor, refs: torch.Tensor):
+        with run.autocast():  # the model's STFT, inverse STFT and the losses stay in fp32 (see models.separation)
+            return separation_loss(m, video, mixture, refs, cfg.loss, pit)
+
+    train_step = run.wrap(forward, model)
+    rng = np.random.default_rng(cfg.seed)  # the global batch stream, the same on every rank
+    st: dict[str, Any] = {"history": [], "best": None, "seconds": 0.0, "round": {"loss": 0.0, "sdr": 0.0, "n": 0}}
+    t_round = time.perf_counter()
+
+    def one_step(_i: int) -> tuple[torch.Tensor, dict[str, float], int]:
+        mine = run.shard(range(cfg.optim.batch_size))
+        video, mixture, refs = (x.to(device) for x in make_batch(train_src, clip, cfg.mix, rng,
+                                                                 cfg.optim.batch_size, keep=mine))
+        loss, est = train_step(video, mixture, refs)
+        with torch.no_grad():
+            sdr = si_sdr(est[:, 0].float(), refs[:, 0]).mean().item()
+        r = st["round"]
+        r["loss"] += loss.item()
+        r["sdr"] += sdr
+        r["n"] += 1
+        return loss, {"loss": loss.item(), "si_sdr_on": sdr}, len(mine)
+
+    def validate() -> dict[str, float]:
+        if not run.distributed:
+            return evaluate(model, val, cfg, device, pit)
+        mine = val[run.rank::run.world_size]
+        va = evaluate(model, mine, cfg, device, pit) if mine else {}
+        n = float(sum(len(b[1]) for b in mine))
+        sums = run.reduce_sums({"n": n, **{k: v * n for k, v in va.items()}})
+        total = sums.pop("n")
+        return {k: v / total for k, v in sums.items()}
+
+    def round_end(_r: int, done: int) -> dict[str, float]:
+        nonlocal t_round
+        va = validate()
+        r = run.reduce_sums(st["round"])
+        tr = {"loss": r["loss"] / max(r["n"], 1), "si_sdr_on": r["sdr"] / max(r["n"], 1)}
+        seconds = time.perf_counter() - t_round
+        st["seconds"] += seconds
+        st["round"] = {"loss": 0.0, "sdr": 0.0, "n": 0}
+        st["history"].append({"step": done, "train": tr, "val": va, "seconds": seconds})
         log.info("step %d train loss %.3f si-sdr(on) %.2f | val loss %.3f si-sdri on %.2f off %.2f (%.0f s)",
-                 done, tr["loss"], tr["si_sdr_on"], va["loss"], va["si_sdri_on"], va["si_sdri_off"],
-                 time.perf_counter() - t0)
+                 done, tr["loss"], tr["si_sdr_on"], va["loss"], va["si_sdri_on"], va["si_sdri_off"], seconds)
         if "assign_acc" in va:
             log.info("step %d sync-head order right in %.1f %% of windows; oracle order si-sdri %.2f", done,
                      100 * va["assign_acc"], va["oracle_si_sdri"])
         score = va["si_sdri_on"] + va["si_sdri_off"]
-        if best is None or score >= best["score"]:
-            best = {"score": score, **history[-1]}
-            save_checkpoint(out / "best.pt", {
-                "kind": "separation",
-                "model": cfg.model,
-                "model_config": dataclasses.asdict(mcfg),
-                "config": dataclasses.asdict(cfg),
-                "clip": clip.model_dump(),
+        if st["best"] is None or score >= st["best"]["score"]:
+            st["best"] = {"score": score, **st["history"][-1]}
+            run.save("best.pt", run.checkpoint_payload(model, **provenance(),
+                                                       metrics={"step": done, **_val(va)}))
+        t_round = time.perf_counter()
+        return _val(va)
+
+    def provenance() -> dict[str, Any]:
+        return {"model": cfg.model, "model_config": dataclasses.asdict(mcfg), "clip": clip.model_dump(),
                 "pit": bool(mcfg.audio_only),  # scored with an oracle output order
-                "init_avsync": init_info or {},
-                "state_dict": model.state_dict(),
-                "metrics": {"step": done, **{f"val_{k}": float(v) for k, v in va.items()}},
-            })
-        (out / "history.json").write_text(json.dumps(history, indent=2))
-    final = {f"val_{k}": float(v) for k, v in best["val"].items()}
+                "init_avsync": init_info or {}}
+
+    loop = Loop(models=[model], optimizers=[optimizer], schedulers=[scheduler], steps=cfg.optim.steps,
+                round_steps=cfg.optim.eval_every, step=one_step, round_end=round_end, state=lambda: dict(st),
+                load_state=st.update, generators={"batches": rng}, clip_grad=5.0, payload=provenance)
+    try:
+        done = fit(run, loop)
+    finally:
+        run.close()
+    if run.stop_requested:
+        return stopped(run, done)
+    best = st["best"]
+    final = _val(best["val"])
     final["step"] = best["step"]
-    final["train_seconds"] = time.perf_counter() - t_start
+    final["train_seconds"] = st["seconds"]
     return final
+
+
+def _val(va: dict[str, float]) -> dict[str, float]:
+    return {f"val_{k}": float(v) for k, v in va.items()}
