@@ -29,7 +29,7 @@ def tiny_run(action_ds, tmp_path_factory):
         code = main([
             "train-action", "model=av_action_tiny", f"data.train={action_ds}", f"data.val={action_ds}",
             "optim.epochs=12", "optim.batch_size=4", "optim.lr=0.005", "modality_dropout=0.0",
-            f"out={out}", "progress=false", "data.workers=1", "threads=2",
+            f"out={out}", "progress=false", "data.workers=1", "threads=2", "log_every=4",  # a row per epoch
         ])
     assert code == 0
     return out, json.loads(buf.getvalue().strip().splitlines()[-1])

@@ -1,5 +1,6 @@
 """The whole training path on tiny data: train-action learns, export publishes, evaluate scores via ORT."""
 
+import csv
 import json
 
 import numpy as np
@@ -15,9 +16,14 @@ from training.utils import load_checkpoint
 
 def test_train_loss_falls(tiny_run):
     out, metrics = tiny_run
-    history = json.loads((out / "history.json").read_text())
-    losses = [h["train"]["loss"] for h in history]
-    assert losses[-1] < losses[0] - 0.15, losses
+    with (out / "metrics.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    losses = [float(r["loss"]) for r in rows if r["loss"]]  # training rows: mean loss over log_every steps
+    # one row per epoch; chance is ln 8 = 2.08. Mean of the last three epochs against the first three (seed-to-seed
+    # spread of a single epoch's mean on 16 clips is about 0.05)
+    assert len(losses) == 12 and np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.1, losses
+    val = [float(r["val_accuracy"]) for r in rows if r["val_accuracy"]]  # one evaluation row per epoch
+    assert len(val) == 12
     assert metrics["val_n"] == 16
     assert metrics["val_accuracy"] >= 0.25  # twice chance, on the clips it trained on
     assert (out / "config.yaml").is_file()

@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from model_store.manifest import ClipSpec
 from training.data.datasets import ClipData, WindowDataset, load_clips, read_records, resolve_data
 from training.data.synthav import ACTION_CLASSES
+from training.engine import Loop, Run, RunOptions, fit, stopped
 from training.models import clip_spec_for, create_model, model_config
-from training.utils import save_checkpoint, start_run
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +27,8 @@ class DataConfig:
     train: str = "synthav:seed=1,n=1600"
     val: str = "synthav:seed=2,n=160"
     cache_dir: str = "data/synthav"
-    workers: int = 2
+    workers: int = 2  # decoding processes
+    loader_workers: int = 0  # DataLoader workers that cut and normalise the windows
 
 
 @dataclass
@@ -42,17 +41,14 @@ class OptimConfig:
 
 
 @dataclass
-class ActionTrainConfig:
+class ActionTrainConfig(RunOptions):
     model: str = "av_action_small"
     labels: list[str] = field(default_factory=lambda: list(ACTION_CLASSES))
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     modality_dropout: float = 0.15  # per sample, zero one modality's input so each stream learns alone
-    seed: int = 0
-    deterministic: bool = False
     threads: int = 0
     out: str = "runs/action"
-    progress: bool = True
     # a pretrained avsync (pretext) checkpoint whose network initialises the model's backbone ('' for none)
     init_checkpoint: str = ""
 
@@ -71,29 +67,6 @@ def step(model: nn.Module, batch, criterion: nn.Module, device: torch.device) ->
     video, audio, label = batch[0].to(device), batch[1].to(device), batch[2].to(device)
     logits = model(video, audio)
     return criterion(logits, label), logits
-
-
-def train_one_epoch(model, loader, optimizer, scheduler, criterion, device, modality_dropout, gen, progress):
-    model.train()
-    total, correct, loss_sum = 0, 0, 0.0
-    it = loader
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(loader, desc="train", leave=False, unit="batch")
-    for batch in it:
-        zero_modalities(batch[0], batch[1], modality_dropout, gen)
-        loss, logits = step(model, batch, criterion, device)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        n = batch[2].shape[0]
-        total += n
-        loss_sum += loss.item() * n
-        correct += (logits.argmax(1).cpu() == batch[2]).sum().item()
-    return {"loss": loss_sum / max(total, 1), "accuracy": correct / max(total, 1)}
 
 
 @torch.inference_mode()
@@ -142,18 +115,41 @@ def load_pretrained_backbone(model: nn.Module, checkpoint: str | Path) -> None:
     log.info("backbone initialised from %s (%s)", checkpoint, ckpt.get("metrics", {}))
 
 
+class EpochBatches(Sampler[list[int]]):
+    """This rank's share of each global batch of one epoch, from batch ``start`` on: the epoch's order is a
+    permutation seeded by (seed, epoch), the same on every rank; the last partial batch is dropped."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
+                 start: int = 0) -> None:
+        self.batch_size, self.rank, self.world_size, self.start = batch_size, rank, world_size, start
+        self.order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+
+    def __len__(self) -> int:
+        return len(self.order) // self.batch_size - self.start
+
+    def __iter__(self):
+        per = self.batch_size // self.world_size
+        for b in range(self.start, len(self.order) // self.batch_size):
+            batch = self.order[b * self.batch_size:(b + 1) * self.batch_size]
+            yield batch[self.rank * per:(self.rank + 1) * per]
+
+
 def train_action(cfg: ActionTrainConfig, init_state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """Train, validate each epoch, keep the best checkpoint; returns the final metrics."""
-    device, out = start_run(cfg)
+    run = Run(cfg, "action")
+    device = run.device
 
     mcfg = model_config(cfg.model, num_classes=len(cfg.labels))
     clip = clip_spec_for(cfg.model)
     train_clips = load_split(cfg.data.train, clip, cfg.labels, cfg.data, cfg.progress)
     val_clips = load_split(cfg.data.val, clip, cfg.labels, cfg.data, cfg.progress)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    train_loader = DataLoader(WindowDataset(train_clips, clip, train=True, seed=cfg.seed),
-                              batch_size=cfg.optim.batch_size, shuffle=True, drop_last=True, generator=gen)
-    val_loader = DataLoader(WindowDataset(val_clips, clip, train=False), batch_size=64)
+    if cfg.optim.batch_size % run.world_size:
+        raise ValueError(f"optim.batch_size={cfg.optim.batch_size} does not split over {run.world_size} processes")
+    per_epoch = len(train_clips) // cfg.optim.batch_size
+    if per_epoch == 0:
+        raise ValueError(f"{len(train_clips)} training clips make no batch of {cfg.optim.batch_size}")
+    train_set = WindowDataset(train_clips, clip, train=True, seed=cfg.seed)
+    val_loader = DataLoader(WindowDataset(val_clips[run.rank::run.world_size], clip, train=False), batch_size=64)
 
     model = create_model(cfg.model, num_classes=len(cfg.labels)).to(device)
     if init_state is not None:
@@ -161,33 +157,92 @@ def train_action(cfg: ActionTrainConfig, init_state: dict[str, torch.Tensor] | N
     elif cfg.init_checkpoint:
         load_pretrained_backbone(model, cfg.init_checkpoint)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.optim.lr, total_steps=cfg.optim.epochs * len(train_loader), pct_start=0.15
-    )
+    steps = cfg.optim.epochs * per_epoch
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.optim.lr, total_steps=steps,
+                                                    pct_start=0.15)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
-    history, best = [], None
-    for epoch in range(cfg.optim.epochs):
-        t0 = time.perf_counter()
-        tr = train_one_epoch(model, train_loader, optimizer, scheduler, criterion, device,
-                             cfg.modality_dropout, gen, cfg.progress)
+
+    def forward(m: nn.Module, video: torch.Tensor, audio: torch.Tensor, label: torch.Tensor):
+        with run.autocast():
+            logits = m(video, audio)
+        return criterion(logits.float(), label), logits
+
+    train_step = run.wrap(forward, model)
+    gen = torch.Generator().manual_seed(cfg.seed + run.rank)  # modality dropout, per rank
+    st: dict[str, Any] = {"history": [], "best": None, "seconds": 0.0, "round": {"loss": 0.0, "correct": 0, "n": 0},
+                          "dropout": gen.get_state()}
+    batches: dict[str, Any] = {"epoch": None, "it": None}
+    t_round = time.perf_counter()
+
+    def one_step(i: int) -> tuple[torch.Tensor, dict[str, float], int]:
+        epoch, b = divmod(i, per_epoch)
+        if batches["epoch"] != epoch:
+            train_set.epoch = epoch
+            sampler = EpochBatches(len(train_set), cfg.optim.batch_size, cfg.seed, epoch, run.rank, run.world_size,
+                                   start=b)
+            loader = DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.data.loader_workers,
+                                pin_memory=device.type == "cuda", persistent_workers=False)
+            batches.update(epoch=epoch, it=iter(loader))
+        video, audio, label, _ = next(batches["it"])
+        zero_modalities(video, audio, cfg.modality_dropout, gen)
+        video, audio, label = (x.to(device, non_blocking=True) for x in (video, audio, label))
+        loss, logits = train_step(video, audio, label)
+        correct = (logits.argmax(1) == label).sum().item()
+        r = st["round"]
+        r["loss"] += loss.item() * len(label)
+        r["correct"] += correct
+        r["n"] += len(label)
+        return loss, {"loss": loss.item(), "accuracy": correct / len(label)}, len(label)
+
+    def round_end(epoch: int, done: int) -> dict[str, float]:
+        nonlocal t_round
+        batches["epoch"] = None
         va = evaluate(model, val_loader, criterion, device)
-        history.append({"epoch": epoch, "train": tr, "val": va, "seconds": time.perf_counter() - t0})
+        if run.distributed:
+            n = va.pop("n")
+            sums = run.reduce_sums({"n": n, **{k: v * n for k, v in va.items()}})
+            total = sums.pop("n")
+            va = {**{k: v / total for k, v in sums.items()}, "n": int(total)}
+        r = run.reduce_sums(st["round"])
+        tr = {"loss": r["loss"] / max(r["n"], 1), "accuracy": r["correct"] / max(r["n"], 1)}
+        seconds = time.perf_counter() - t_round
+        st["seconds"] += seconds
+        st["round"] = {"loss": 0.0, "correct": 0, "n": 0}
+        st["history"].append({"epoch": epoch, "step": done, "train": tr, "val": va, "seconds": seconds})
         log.info("epoch %d train loss %.3f acc %.3f | val loss %.3f acc %.3f (%.0f s)", epoch, tr["loss"],
-                 tr["accuracy"], va["loss"], va["accuracy"], time.perf_counter() - t0)
-        if best is None or va["accuracy"] >= best["val"]["accuracy"]:
-            best = history[-1]
-            payload = {
-                "kind": "action",
-                "model": cfg.model,
-                "model_config": dataclasses.asdict(mcfg),
-                "config": dataclasses.asdict(cfg),
-                "labels": cfg.labels,
-                "state_dict": model.state_dict(),
-                "metrics": {"epoch": epoch, **{f"val_{k}": float(v) for k, v in va.items()}},
-            }
-            save_checkpoint(out / "best.pt", payload)
-    (out / "history.json").write_text(json.dumps(history, indent=2))
-    final = {f"val_{k}": float(v) for k, v in best["val"].items()}
+                 tr["accuracy"], va["loss"], va["accuracy"], seconds)
+        if st["best"] is None or va["accuracy"] >= st["best"]["val"]["accuracy"]:
+            st["best"] = st["history"][-1]
+            run.save("best.pt", run.checkpoint_payload(model, **provenance(),
+                                                       metrics={"epoch": epoch, **_val(va)}))
+        t_round = time.perf_counter()
+        return {"epoch": epoch, **_val(va)}
+
+    def provenance() -> dict[str, Any]:
+        return {"model": cfg.model, "model_config": dataclasses.asdict(mcfg), "labels": cfg.labels}
+
+    def state() -> dict[str, Any]:
+        return {**st, "dropout": gen.get_state()}
+
+    def load_state(d: dict[str, Any]) -> None:
+        st.update(d)
+        gen.set_state(d["dropout"])
+        batches["epoch"] = None
+
+    loop = Loop(models=[model], optimizers=[optimizer], schedulers=[scheduler], steps=steps, round_steps=per_epoch,
+                step=one_step, round_end=round_end, state=state, load_state=load_state, payload=provenance)
+    try:
+        done = fit(run, loop)
+    finally:
+        run.close()
+    if run.stop_requested:
+        return stopped(run, done)
+    best = st["best"]
+    final = _val(best["val"])
     final["epoch"] = best["epoch"]
-    final["train_seconds"] = float(np.sum([h["seconds"] for h in history]))
+    final["train_seconds"] = st["seconds"]
     return final
+
+
+def _val(va: dict[str, float]) -> dict[str, float]:
+    return {f"val_{k}": float(v) for k, v in va.items()}

@@ -192,7 +192,7 @@ class WindowDataset(Dataset):
 
     def __init__(self, clips: Sequence[ClipData], spec: ClipSpec, train: bool, seed: int = 0) -> None:
         self.clips, self.spec, self.train = list(clips), spec, train
-        self.rng = np.random.default_rng(seed)
+        self.seed, self.epoch = seed, 0  # a training window's start is drawn from (seed, epoch, item)
         self.index: list[tuple[int, float]] = []
         if not train:
             for ci, clip in enumerate(self.clips):
@@ -217,7 +217,8 @@ class WindowDataset(Dataset):
             ci = i
             span = max(0.0, self.clips[ci].duration_s - self.spec.window_s)
             # whole frames only, so that audio and frames stay on the same grid
-            start = math.floor(self.rng.uniform(0, span) * self.spec.fps) / self.spec.fps
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            start = math.floor(rng.uniform(0, span) * self.spec.fps) / self.spec.fps
         else:
             ci, start = self.index[i]
         frames, audio = self.window(ci, start)

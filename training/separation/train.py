@@ -245,25 +245,6 @@ def _window(x: np.ndarray, start: int, length: int) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ loops
 
 
-def train_one_epoch(model, batches, optimizer, scheduler, cfg: SeparationTrainConfig, device, pit: bool):
-    """``batches``: an iterable of (video, mixture, refs); returns mean loss and SI-SDR of the on-screen output."""
-    model.train()
-    loss_sum, sdr_sum, n = 0.0, 0.0, 0
-    for video, mixture, refs in batches:
-        video, mixture, refs = video.to(device), mixture.to(device), refs.to(device)
-        loss, est = separation_loss(model, video, mixture, refs, cfg.loss, pit)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        optimizer.step()
-        scheduler.step()
-        loss_sum += loss.item()
-        with torch.no_grad():
-            sdr_sum += si_sdr(est[:, 0], refs[:, 0]).mean().item()
-        n += 1
-    return {"loss": loss_sum / max(n, 1), "si_sdr_on": sdr_sum / max(n, 1)}
-
-
 @torch.inference_mode()
 def evaluate(model, val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], cfg: SeparationTrainConfig,
              device, pit: bool) -> dict[str, float]:
