@@ -525,6 +525,8 @@ def _log_window(run: Run, loop: Loop, done: int, window: dict) -> None:
 
 
 def _save_last(run: Run, loop: Loop, done: int) -> None:
+    if run.out is None:  # a local run keeps nothing
+        return
     payload = {
         **loop.payload(),
         **run.checkpoint_payload(loop.models[0]),

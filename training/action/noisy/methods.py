@@ -21,10 +21,12 @@ and label-correction counts when the true noise is passed in.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,6 +45,7 @@ from training.action.noisy.losses import (
     weighted_mean,
 )
 from training.data.noise import NoiseReport
+from training.engine import Loop, Run, fit
 
 log = logging.getLogger(__name__)
 
@@ -110,21 +113,83 @@ def _optimizer(params, cfg: RunConfig, steps: int):
     return opt, sched
 
 
-def _modality_dropout(video: torch.Tensor, audio: torch.Tensor, p: float,
-                      rng: np.random.Generator) -> np.ndarray:
-    """In place, as ``train_action.zero_modalities``: with probability p a sample loses its video, with
-    probability p its audio. Returns the mask of samples whose audio was zeroed."""
-    u = rng.random(video.shape[0])
+def _modality_dropout(video: torch.Tensor, audio: torch.Tensor, p: float, u: np.ndarray) -> np.ndarray:
+    """In place, as ``train_action.zero_modalities``, from one uniform ``u`` per sample: with probability p a sample
+    loses its video, with probability p its audio. Returns the mask of samples whose audio was zeroed."""
     if p > 0:
         video[torch.from_numpy(u < p)] = 0.0
         audio[torch.from_numpy((u >= p) & (u < 2 * p))] = 0.0
     return (u >= p) & (u < 2 * p) if p > 0 else np.zeros(video.shape[0], dtype=bool)
 
 
-def _train_batch(data: ArraySet, idx: np.ndarray, cfg: RunConfig, rng: np.random.Generator, dropout: bool = True):
-    video, audio = window_batch(data, idx, random_starts(data, len(idx), rng))
-    audio_off = _modality_dropout(video, audio, cfg.modality_dropout if dropout else 0.0, rng)
-    return video, audio, audio_off
+@dataclass
+class _Batch:
+    """This rank's share of a global batch: clip indices, inputs on the device, audio-zeroed mask."""
+
+    idx: np.ndarray
+    video: torch.Tensor
+    audio: torch.Tensor
+    audio_off: np.ndarray
+
+
+def _train_batch(run: Run, data: ArraySet, idx: np.ndarray, cfg: RunConfig, rng: np.random.Generator,
+                 dropout: bool = True, mute: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None
+                 ) -> _Batch:
+    """Random window starts, modality dropout and (``mute``) further muted audio are drawn for the global batch
+    ``idx`` from ``rng`` (the same stream on every rank); only this rank's share is cut and moved to the device."""
+    starts = random_starts(data, len(idx), rng)
+    u = rng.random(len(idx))
+    muted = mute(idx, rng) if mute is not None else None
+    mine = np.asarray(run.shard(range(len(idx))), dtype=np.int64)
+    video, audio = window_batch(data, idx[mine], starts[mine])
+    audio_off = _modality_dropout(video, audio, cfg.modality_dropout if dropout else 0.0, u[mine])
+    if muted is not None:
+        extra = muted[mine] & ~audio_off
+        audio[torch.from_numpy(extra)] = 0.0
+        audio_off = audio_off | extra
+    return _Batch(idx[mine], video.to(run.device), audio.to(run.device), audio_off)
+
+
+def _epoch_loop(run: Run, models: list[nn.Module], optimizers: list, schedulers: list, data: ArraySet,
+                cfg: RunConfig, epochs: int, rng: np.random.Generator,
+                step: Callable[[np.ndarray], tuple[torch.Tensor, dict[str, float]]],
+                epoch_end: Callable[[int, dict], dict | None], offset: int = 0, total: int | None = None,
+                state: Callable[[], dict] = dict, load_state: Callable[[dict], None] = lambda _d: None) -> Loop:
+    """``epochs`` passes over ``data`` in batches of a fresh permutation each (drawn from ``rng`` at the epoch's
+    start): ``step(global batch indices)`` gives the loss and logs of a step; ``epoch_end(epoch, record)`` is
+    called after each epoch with ``{"epoch", "loss", "seconds"}``."""
+    per_epoch = max(len(data) // min(cfg.batch_size, len(data)), 1)
+    cur: dict[str, Any] = {"epoch": None, "batches": [], "loss": 0.0, "n": 0}
+    t0 = [time.perf_counter()]
+
+    def one_step(i: int) -> tuple[torch.Tensor, dict[str, float], int]:
+        epoch, b = divmod(i, per_epoch)
+        if cur["epoch"] != epoch:  # a new epoch (a resumed run restores the one it was in)
+            cur.update(epoch=epoch, batches=[torch.from_numpy(x) for x in _batches(len(data), cfg.batch_size, rng)])
+        idx = cur["batches"][b].numpy()
+        loss, logs = step(idx)
+        cur["loss"] += loss.item()
+        cur["n"] += 1
+        return loss, {"loss": loss.item(), **logs}, len(idx) // run.world_size
+
+    def round_end(epoch: int, _done: int) -> dict:
+        r = run.reduce_sums({"loss": cur["loss"], "n": cur["n"]})
+        record = {"epoch": epoch, "loss": r["loss"] / max(r["n"], 1), "seconds": time.perf_counter() - t0[0]}
+        cur.update(loss=0.0, n=0)
+        metrics = epoch_end(epoch, record) or {}
+        t0[0] = time.perf_counter()
+        return metrics
+
+    def full_state() -> dict:
+        return {"epochs": dict(cur), **state()}
+
+    def load_full(d: dict) -> None:
+        cur.update(d["epochs"])
+        load_state(d)
+
+    return Loop(models=models, optimizers=optimizers, schedulers=schedulers, steps=epochs * per_epoch,
+                round_steps=per_epoch, step=one_step, round_end=round_end, state=full_state, load_state=load_full,
+                generators={"batches": rng}, offset=offset, total=total)
 
 
 @torch.inference_mode()
@@ -139,7 +204,8 @@ def predict(model: nn.Module, data: ArraySet, zero: str | None = None, batch: in
             video.zero_()
         elif zero == "audio":
             audio.zero_()
-        p = model(video, audio).softmax(1).numpy()
+        dev = next(model.parameters()).device
+        p = model(video.to(dev), audio.to(dev)).softmax(1).cpu().numpy()
         out = np.zeros((len(data), p.shape[1])) if out is None else out
         np.add.at(out, owners[s : s + batch], p)
     return out / np.bincount(owners, minlength=len(data))[:, None]
@@ -159,10 +225,11 @@ def embed(model: nn.Module, data: ArraySet, batch: int = 64) -> dict[str, np.nda
     head = model.head
     for s in range(0, len(data), batch):
         idx = np.arange(s, min(s + batch, len(data)))
-        v, a = model.forward_features(*window_batch(data, idx, np.full(len(idx), mid)))
+        dev = next(model.parameters()).device
+        v, a = model.forward_features(*(x.to(dev) for x in window_batch(data, idx, np.full(len(idx), mid))))
         h = head[:-1](torch.cat([v, a], dim=1))  # (B, D) input of the last linear layer
         for key, x in (("v", v), ("a", a), ("h", h), ("logits", head[-1](h))):
-            out[key].append(x.numpy())
+            out[key].append(x.float().cpu().numpy())
     return {k: np.concatenate(x) for k, x in out.items()}
 
 
@@ -176,33 +243,39 @@ def bank_pair_losses(v: np.ndarray, a: np.ndarray, tau: float) -> np.ndarray:
 def _supervised(model: nn.Module, data: ArraySet, cfg: RunConfig, epochs: int,
                 loss_fn: Callable[[torch.Tensor, np.ndarray, np.ndarray], torch.Tensor],
                 hook: EpochHook | None = None, rng: np.random.Generator | None = None,
-                mute: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None) -> list[dict]:
-    """A supervised loop; ``loss_fn(logits, clip indices, audio-zeroed mask)`` gives the batch loss;
+                mute: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
+                run: Run | None = None, offset: int = 0, total: int | None = None,
+                state: Callable[[], dict] = dict, load_state: Callable[[dict], None] = lambda _d: None
+                ) -> list[dict]:
+    """A supervised loop on the engine; ``loss_fn(logits, clip indices, audio-zeroed mask)`` gives the batch loss;
     ``mute(clip indices, rng)``, if given, marks further samples whose audio is zeroed for this step."""
+    run = run or Run.local()
     rng = rng or np.random.default_rng(cfg.seed)
     steps = epochs * max(len(data) // min(cfg.batch_size, len(data)), 1)
     opt, sched = _optimizer(model.parameters(), cfg, steps)
-    history = []
-    for epoch in range(epochs):
-        model.train()
-        t0, loss_sum, nb = time.perf_counter(), 0.0, 0
-        for idx in _batches(len(data), cfg.batch_size, rng):
-            video, audio, audio_off = _train_batch(data, idx, cfg, rng)
-            if mute is not None:
-                extra = mute(idx, rng) & ~audio_off
-                audio[torch.from_numpy(extra)] = 0.0
-                audio_off = audio_off | extra
-            loss = loss_fn(model(video, audio), idx, audio_off)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum, nb = loss_sum + loss.item(), nb + 1
-        record = {"epoch": epoch, "loss": loss_sum / max(nb, 1), "seconds": time.perf_counter() - t0}
+    history: list[dict] = []
+
+    def forward(m: nn.Module, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        with run.autocast():
+            return m(video, audio).float()
+
+    train_step = run.wrap(forward, model)
+
+    def step(idx: np.ndarray) -> tuple[torch.Tensor, dict]:
+        b = _train_batch(run, data, idx, cfg, rng, mute=mute)
+        return loss_fn(train_step(b.video, b.audio), b.idx, b.audio_off), {}
+
+    def epoch_end(epoch: int, record: dict) -> dict:
         if hook is not None:
             hook(model, epoch, record)
         history.append(record)
         log.debug("epoch %d %s", epoch, record)
+        return {"epoch": offset // max(steps // max(epochs, 1), 1) + epoch}
+
+    loop = _epoch_loop(run, [model], [opt], [sched], data, cfg, epochs, rng, step, epoch_end, offset, total,
+                       state=lambda: {"history": list(history), **state()},
+                       load_state=lambda d: (history.__setitem__(slice(None), d["history"]), load_state(d)))
+    fit(run, loop)
     return history
 
 
@@ -214,67 +287,86 @@ def _labels(data: ArraySet) -> torch.Tensor:
 
 
 def train_ce(make: ModelFactory, data: ArraySet, cfg: RunConfig, noise: NoiseReport | None = None,
-             hook: EpochHook | None = None):
-    model, y = make(), _labels(data)
+             hook: EpochHook | None = None, run: Run | None = None, **loop: Any):
+    run = run or Run.local()
+    model, y = make().to(run.device), _labels(data).to(run.device)
     hist = _supervised(model, data, cfg, cfg.epochs,
-                       lambda logits, idx, _: F.cross_entropy(logits, y[idx]), hook)
+                       lambda logits, idx, _: F.cross_entropy(logits, y[idx]), hook, run=run, **loop)
     return model, {"history": hist}
 
 
 def train_gce(make: ModelFactory, data: ArraySet, cfg: RunConfig, noise: NoiseReport | None = None,
-              hook: EpochHook | None = None):
-    model, y = make(), _labels(data)
+              hook: EpochHook | None = None, run: Run | None = None, **loop: Any):
+    run = run or Run.local()
+    model, y = make().to(run.device), _labels(data).to(run.device)
     hist = _supervised(model, data, cfg, cfg.epochs,
-                       lambda logits, idx, _: gce_loss(logits, y[idx], cfg.gce_q).mean(), hook)
+                       lambda logits, idx, _: gce_loss(logits, y[idx], cfg.gce_q).mean(), hook, run=run, **loop)
     return model, {"history": hist}
 
 
 def train_sce(make: ModelFactory, data: ArraySet, cfg: RunConfig, noise: NoiseReport | None = None,
-              hook: EpochHook | None = None):
-    model, y = make(), _labels(data)
+              hook: EpochHook | None = None, run: Run | None = None, **loop: Any):
+    run = run or Run.local()
+    model, y = make().to(run.device), _labels(data).to(run.device)
     hist = _supervised(model, data, cfg, cfg.epochs,
-                       lambda logits, idx, _: sce_loss(logits, y[idx], cfg.sce_alpha, cfg.sce_beta).mean(), hook)
+                       lambda logits, idx, _: sce_loss(logits, y[idx], cfg.sce_alpha, cfg.sce_beta).mean(), hook,
+                       run=run, **loop)
     return model, {"history": hist}
 
 
 def train_coteaching(make: ModelFactory, data: ArraySet, cfg: RunConfig, noise: NoiseReport | None = None,
-                     hook: EpochHook | None = None):
-    """Co-teaching (Han et al., 2018). Returns the first network (the paper's convention)."""
+                     hook: EpochHook | None = None, run: Run | None = None, state: Callable[[], dict] = dict,
+                     load_state: Callable[[dict], None] = lambda _d: None, **_loop: Any):
+    """Co-teaching (Han et al., 2018). Returns the first network (the paper's convention). Under torchrun each
+    rank picks the small-loss samples of its own share of the batch."""
+    run = run or Run.local()
     rng = np.random.default_rng(cfg.seed)
-    m1, m2, y = make(), make(), _labels(data)
+    m1, m2 = make().to(run.device), make().to(run.device)
+    y = _labels(data).to(run.device)
     forget = cfg.forget_rate
     if forget is None:
         forget = float(noise.settings.get("label_noise", 0.0)) if noise is not None else 0.0
     ramp = max(1, round(cfg.ramp_frac * cfg.epochs))
     steps = cfg.epochs * max(len(data) // min(cfg.batch_size, len(data)), 1)
     (o1, s1), (o2, s2) = _optimizer(m1.parameters(), cfg, steps), _optimizer(m2.parameters(), cfg, steps)
-    history = []
-    for epoch in range(cfg.epochs):
-        m1.train()
-        m2.train()
-        rate = forget * min(1.0, epoch / ramp)
-        t0, loss_sum, nb = time.perf_counter(), 0.0, 0
-        for idx in _batches(len(data), cfg.batch_size, rng):
-            video, audio, _ = _train_batch(data, idx, cfg, rng)
-            l1 = F.cross_entropy(m1(video, audio), y[idx], reduction="none")
-            l2 = F.cross_entropy(m2(video, audio), y[idx], reduction="none")
-            keep = max(1, int(round((1 - rate) * len(idx))))
-            pick1 = torch.argsort(l1.detach())[:keep]  # m1's small-loss samples teach m2, and vice versa
-            pick2 = torch.argsort(l2.detach())[:keep]
-            loss = l1[pick2].mean() + l2[pick1].mean()
-            o1.zero_grad(set_to_none=True)
-            o2.zero_grad(set_to_none=True)
-            loss.backward()
-            o1.step()
-            o2.step()
-            s1.step()
-            s2.step()
-            loss_sum, nb = loss_sum + loss.item() / 2, nb + 1
-        record = {"epoch": epoch, "loss": loss_sum / max(nb, 1), "forget_rate": rate,
-                  "seconds": time.perf_counter() - t0}
+    per_epoch = max(len(data) // min(cfg.batch_size, len(data)), 1)
+    history: list[dict] = []
+
+    def forward(a: nn.Module, b: nn.Module, video: torch.Tensor, audio: torch.Tensor, labels: torch.Tensor,
+                rate: float) -> torch.Tensor:
+        with run.autocast():
+            z1, z2 = a(video, audio), b(video, audio)
+        l1 = F.cross_entropy(z1.float(), labels, reduction="none")
+        l2 = F.cross_entropy(z2.float(), labels, reduction="none")
+        keep = max(1, int(round((1 - rate) * len(labels))))
+        pick1 = torch.argsort(l1.detach())[:keep]  # m1's small-loss samples teach m2, and vice versa
+        pick2 = torch.argsort(l2.detach())[:keep]
+        return l1[pick2].mean() + l2[pick1].mean()
+
+    train_step = run.wrap(forward, m1, m2)
+
+    def rate_at(epoch: int) -> float:
+        return forget * min(1.0, epoch / ramp)
+
+    def step(idx: np.ndarray) -> tuple[torch.Tensor, dict]:
+        b = _train_batch(run, data, idx, cfg, rng)
+        epoch = len(history)
+        loss = train_step(b.video, b.audio, y[torch.from_numpy(b.idx).to(y.device)], rate_at(epoch))
+        return loss, {}
+
+    def epoch_end(epoch: int, record: dict) -> dict:
+        record = {"epoch": epoch, "loss": record["loss"] / 2, "forget_rate": rate_at(epoch),
+                  "seconds": record["seconds"]}
         if hook is not None:
             hook(m1, epoch, record)
         history.append(record)
+        return {"epoch": epoch, "forget_rate": record["forget_rate"]}
+
+    loop = _epoch_loop(run, [m1, m2], [o1, o2], [s1, s2], data, cfg, cfg.epochs, rng, step, epoch_end,
+                       state=lambda: {"history": list(history), **state()},
+                       load_state=lambda d: (history.__setitem__(slice(None), d["history"]), load_state(d)))
+    assert loop.steps == cfg.epochs * per_epoch
+    fit(run, loop)
     return m1, {"history": history}
 
 
@@ -331,63 +423,136 @@ def _correction_stats(corrected: np.ndarray, data: ArraySet, noise: NoiseReport 
     }
 
 
-def train_ntl(make: ModelFactory, data: ArraySet, cfg: RunConfig, noise: NoiseReport | None = None,
-              hook: EpochHook | None = None):
-    """Noise-tolerant learning: label-free noise-tolerant contrastive phase, then hybrid supervision."""
-    c = cfg.ntl
-    rng = np.random.default_rng(cfg.seed)
-    model = make()
-    k_cls = int(model.cfg.num_classes)
-    n = len(data)
-    state = _PairState(weights=np.ones(n))
-    info: dict = {"phase1": [], "phase2": [], "corrections": []}
-
-    # ---- phase 1: cross-modal contrast, weighted by estimated correspondence, plus category-level contrast
-    e1 = round(c.phase1_frac * cfg.epochs) if c.contrastive else 0
-    steps = e1 * max(n // min(cfg.batch_size, n), 1)
-    if e1:
-        opt, sched = _optimizer(model.parameters(), cfg, steps)
-    for epoch in range(e1):
-        model.train()
-        t0, sums, nb = time.perf_counter(), np.zeros(2), 0
-        for idx in _batches(n, cfg.batch_size, rng):
-            video, audio, _ = _train_batch(data, idx, cfg, rng, dropout=False)
-            v, a = model.forward_features(video, audio)
-            w = torch.from_numpy(state.weights[idx]).float()
-            loss_i = weighted_mean(cross_modal_nce(v, a, c.tau), w)
-            loss_c = torch.zeros(())
-            if c.category and state.assign is not None:
-                loss_c = weighted_mean(prototype_nce(v, a, state.proto_v, state.proto_a,
-                                                     torch.from_numpy(state.assign[idx]), c.proto_tau), w)
-            loss = loss_i + c.proto_weight * loss_c
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            sums += (loss_i.item(), loss_c.item())
-            nb += 1
-        record = {"epoch": epoch, "loss_instance": sums[0] / max(nb, 1), "loss_category": sums[1] / max(nb, 1)}
-        record.update(_update_pairs(model, data, c, k_cls, state, epoch, noise, cfg.seed))
-        record["seconds"] = time.perf_counter() - t0
-        info["phase1"].append(record)
-        log.info("ntl phase 1 epoch %d %s", epoch, {k: round(v, 4) for k, v in record.items()})
+def _between_phases(run: Run, model: nn.Module, data: ArraySet, c: NTLConfig, k_cls: int, pairs: _PairState,
+                    info: dict, nt: dict, noise: NoiseReport | None, e1: int) -> None:
+    """After phase 1, once: the estimates' scores against the planted noise (when known), and phase 2's first
+    targets, the given labels."""
     if e1 and noise is not None and len(noise.corr_noisy) and "corr_auc" in info["phase1"][-1]:
         info["corr_auc"] = info["phase1"][-1]["corr_auc"]
     if e1 and noise is not None and len(noise.corr_noisy):
         info["corr_auc_loss"] = info["phase1"][-1]["corr_auc_loss"]
+    given = data.labels
+    if e1 and noise is not None and run.is_main:  # diagnostic: how well would phase-1 features alone correct
+        e = embed(model, data)
+        feats = np.concatenate([est.l2_normalize(e["v"]), est.l2_normalize(e["a"])], axis=1)
+        votes = est.knn_label_votes(feats, given, k_cls, c.knn_k, weights=pairs.weights)
+        info["phase1_knn"] = _correction_stats(votes.argmax(1), data, noise)
+        log.info("ntl phase-1 features, kNN labels: %s", info["phase1_knn"])
+    nt["targets"] = torch.from_numpy(np.eye(k_cls, dtype=np.float32)[given])
+    nt["between"] = True
+
+
+def _tensors(x: Any) -> Any:
+    """numpy arrays and scalars in ``x`` as torch tensors and Python numbers (what a weights-only load accepts)."""
+    if isinstance(x, dict):
+        return {k: _tensors(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return type(x)(_tensors(v) for v in x)
+    if isinstance(x, np.ndarray):
+        return {"__ndarray__": torch.from_numpy(np.ascontiguousarray(x))}
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+def _arrays(x: Any) -> Any:
+    """The inverse of :func:`_tensors`."""
+    if isinstance(x, dict):
+        if set(x) == {"__ndarray__"}:
+            return x["__ndarray__"].numpy()
+        return {k: _arrays(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return type(x)(_arrays(v) for v in x)
+    return x
+
+
+def train_ntl(make: ModelFactory, data: ArraySet, cfg: RunConfig, noise: NoiseReport | None = None,
+              hook: EpochHook | None = None, run: Run | None = None, state: Callable[[], dict] = dict,
+              load_state: Callable[[dict], None] = lambda _d: None, **_loop: Any):
+    """Noise-tolerant learning: label-free noise-tolerant contrastive phase, then hybrid supervision. The phases
+    are two loops of one run (their optimizers differ); every estimate between epochs is made once, on rank 0,
+    and broadcast, so all ranks train on the same weights and targets."""
+    run = run or Run.local()
+    c = cfg.ntl
+    rng = np.random.default_rng(cfg.seed)
+    model = make().to(run.device)
+    k_cls = int(model.cfg.num_classes)
+    n = len(data)
+    pairs = _PairState(weights=np.ones(n))
+    info: dict = {"phase1": [], "phase2": [], "corrections": []}
+    nt: dict[str, Any] = {"targets": None, "loss_sum": np.zeros(n), "between": False}
+
+    def ntl_state() -> dict:
+        return {"pairs": _tensors(dataclasses.asdict(pairs)), "info": _tensors(info), "between": nt["between"],
+                "targets": nt["targets"], "loss_sum": torch.from_numpy(nt["loss_sum"]), **state()}
+
+    def ntl_load(d: dict) -> None:
+        for k, v in _arrays(d["pairs"]).items():
+            setattr(pairs, k, v)
+        info.clear()
+        info.update(_arrays(d["info"]))
+        nt.update(between=d["between"], targets=d["targets"], loss_sum=d["loss_sum"].numpy())
+        load_state(d)
+
+    # ---- phase 1: cross-modal contrast, weighted by estimated correspondence, plus category-level contrast
+    e1 = round(c.phase1_frac * cfg.epochs) if c.contrastive else 0
+    per_epoch = max(n // min(cfg.batch_size, n), 1)
+    steps = e1 * per_epoch
+    total = cfg.epochs * per_epoch
+    if e1:
+        opt, sched = _optimizer(model.parameters(), cfg, steps)
+        sums = [0.0, 0.0, 0]
+
+        def forward1(m: nn.Module, video: torch.Tensor, audio: torch.Tensor, w: torch.Tensor,
+                     assign: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+            with run.autocast():
+                v, a = m.forward_features(video, audio)
+            v, a = v.float(), a.float()
+            loss_i = weighted_mean(cross_modal_nce(v, a, c.tau), w)
+            loss_c = torch.zeros((), device=v.device)
+            if assign is not None:
+                loss_c = weighted_mean(prototype_nce(v, a, pairs.proto_v.to(v.device), pairs.proto_a.to(v.device),
+                                                     assign, c.proto_tau), w)
+            return loss_i, loss_c
+
+        step1 = run.wrap(forward1, model)
+
+        def p1_step(idx: np.ndarray) -> tuple[torch.Tensor, dict]:
+            b = _train_batch(run, data, idx, cfg, rng, dropout=False)
+            w = torch.from_numpy(pairs.weights[b.idx]).float().to(run.device)
+            assign = (torch.from_numpy(pairs.assign[b.idx]).to(run.device)
+                      if c.category and pairs.assign is not None else None)
+            loss_i, loss_c = step1(b.video, b.audio, w, assign)
+            sums[0] += loss_i.item()
+            sums[1] += loss_c.item()
+            sums[2] += 1
+            return loss_i + c.proto_weight * loss_c, {"loss_instance": loss_i.item(), "loss_category": loss_c.item()}
+
+        def p1_end(epoch: int, rec: dict) -> dict:
+            s = run.reduce_sums({"i": sums[0], "c": sums[1], "n": sums[2]})
+            sums[:] = [0.0, 0.0, 0]
+            record = {"epoch": epoch, "loss_instance": s["i"] / max(s["n"], 1),
+                      "loss_category": s["c"] / max(s["n"], 1)}
+            if run.is_main:
+                record.update(_update_pairs(model, data, c, k_cls, pairs, epoch, noise, cfg.seed))
+            record, shared = run.broadcast((record, dataclasses.asdict(pairs)))
+            for k, v in shared.items():
+                setattr(pairs, k, v)
+            record["seconds"] = rec["seconds"]
+            info["phase1"].append(record)
+            log.info("ntl phase 1 epoch %d %s", epoch, {k: round(v, 4) for k, v in record.items()})
+            return {"epoch": epoch, **{k: v for k, v in record.items() if k not in ("epoch", "seconds")}}
+
+        fit(run, _epoch_loop(run, [model], [opt], [sched], data, cfg, e1, rng, p1_step, p1_end, 0, total,
+                             state=ntl_state, load_state=ntl_load))
+        if run.stop_requested:
+            return model, info
+    if not nt["between"]:
+        _between_phases(run, model, data, c, k_cls, pairs, info, nt, noise, e1)
 
     # ---- phase 2: hybrid supervision with given and kNN-corrected labels
     given = data.labels
-    if e1 and noise is not None:  # diagnostic: how well would phase-1 features alone correct the labels
-        e = embed(model, data)
-        feats = np.concatenate([est.l2_normalize(e["v"]), est.l2_normalize(e["a"])], axis=1)
-        votes = est.knn_label_votes(feats, given, k_cls, c.knn_k, weights=state.weights)
-        info["phase1_knn"] = _correction_stats(votes.argmax(1), data, noise)
-        log.info("ntl phase-1 features, kNN labels: %s", info["phase1_knn"])
-    targets = torch.from_numpy(np.eye(k_cls, dtype=np.float32)[given])
-    pair_w = state.weights if c.estimation else np.ones(n)
-
-    loss_sum = np.zeros(n)
+    pair_w = pairs.weights if c.estimation else np.ones(n)
 
     def given_loss(e: dict[str, np.ndarray]) -> np.ndarray:
         return F.cross_entropy(torch.from_numpy(e["logits"]), torch.from_numpy(given), reduction="none").numpy()
@@ -395,7 +560,6 @@ def train_ntl(make: ModelFactory, data: ArraySet, cfg: RunConfig, noise: NoiseRe
     def refresh(e: dict[str, np.ndarray], ce: np.ndarray) -> None:
         """Corrected labels from a kNN vote among the current features; trust in each given label from
         :func:`est.label_trust` over the classifier's per-clip losses ``ce`` on it (small loss: probably right)."""
-        nonlocal targets
         p_given = est.label_trust(ce, k_cls, c.hard_trust, c.chance_trust,
                                   given if c.per_class_trust else None) if c.trust else np.ones(n)
         votes = est.knn_label_votes(e["h"], given, k_cls, c.knn_k, weights=pair_w * p_given + 1e-3)
@@ -404,10 +568,10 @@ def train_ntl(make: ModelFactory, data: ArraySet, cfg: RunConfig, noise: NoiseRe
         if c.consistent:  # two views (neighbours, classifier) must agree before a correction counts
             q = np.where(e["logits"].argmax(1) == corrected, q, 0.0)
         if c.given:
-            targets = hybrid_targets(torch.from_numpy(given), torch.from_numpy(corrected),
-                                     torch.from_numpy(p_given), torch.from_numpy(q), k_cls).float()
+            nt["targets"] = hybrid_targets(torch.from_numpy(given), torch.from_numpy(corrected),
+                                           torch.from_numpy(p_given), torch.from_numpy(q), k_cls).float()
         else:
-            targets = F.one_hot(torch.from_numpy(corrected), k_cls).float()
+            nt["targets"] = F.one_hot(torch.from_numpy(corrected), k_cls).float()
         stats = _correction_stats(corrected, data, noise)
         stats["changed"] = int((corrected != given).sum())
         stats["doubted"] = int((p_given < 0.5).sum())
@@ -423,22 +587,25 @@ def train_ntl(make: ModelFactory, data: ArraySet, cfg: RunConfig, noise: NoiseRe
         # learned the classes (it fits the clean majority before it memorises the wrong labels)
         # with ``loss_average`` every epoch's losses are kept: a wrong label fitted late, by memorisation, keeps
         # the high losses of the early epochs
-        nonlocal loss_sum
         start = max(1, round(c.correct_from * e2))
         due = epoch + 1 >= start and (epoch + 1 - start) % c.refresh == 0 and epoch + 1 < e2
         if due or c.loss_average:
-            e = embed(m, data)
-            ce = given_loss(e)
-            loss_sum = loss_sum + ce
-            if due:
-                refresh(e, loss_sum / (epoch + 1) if c.loss_average else ce)
+            if run.is_main:  # once, on rank 0; the result is broadcast
+                e = embed(m, data)
+                ce = given_loss(e)
+                nt["loss_sum"] = nt["loss_sum"] + ce
+                if due:
+                    refresh(e, nt["loss_sum"] / (epoch + 1) if c.loss_average else ce)
+            shared = run.broadcast((nt["targets"], nt["loss_sum"], info["corrections"]))
+            nt["targets"], nt["loss_sum"], info["corrections"] = shared
         if hook is not None:
             hook(m, e1 + epoch, record)
 
     def loss_fn(logits: torch.Tensor, idx: np.ndarray, audio_off: np.ndarray) -> torch.Tensor:
         w = np.ones(len(idx)) if c.mute_suspect_audio else pair_w[idx].copy()
         w[audio_off] = 1.0  # a clip whose (maybe foreign) audio was dropped is a clean video-only sample
-        return weighted_mean(soft_cross_entropy(logits, targets[idx]), torch.from_numpy(w).float())
+        target = nt["targets"][torch.from_numpy(idx)].to(logits.device)
+        return weighted_mean(soft_cross_entropy(logits, target), torch.from_numpy(w).float().to(logits.device))
 
     def mute(idx: np.ndarray, r: np.random.Generator) -> np.ndarray:
         """A pair that probably does not correspond keeps its label (it describes the picture) but loses its
@@ -446,7 +613,8 @@ def train_ntl(make: ModelFactory, data: ArraySet, cfg: RunConfig, noise: NoiseRe
         return r.random(len(idx)) >= pair_w[idx]
 
     info["phase2"] = _supervised(model, data, cfg, e2, loss_fn, on_epoch, rng,
-                                 mute if c.mute_suspect_audio else None)
+                                 mute if c.mute_suspect_audio else None, run=run, offset=steps, total=total,
+                                 state=ntl_state, load_state=ntl_load)
     if info["corrections"]:
         info["labels_corrected"] = info["corrections"][-1].get("corrected")
         info["labels_broken"] = info["corrections"][-1].get("broken")

@@ -25,8 +25,9 @@ from training.action.noisy.methods import METHODS, NTLConfig, RunConfig, accurac
 from training.action.train import DataConfig
 from training.data.noise import make_noise
 from training.data.synthav import ACTION_CLASSES
+from training.engine import Run, RunOptions, stopped
 from training.models import clip_spec_for, create_model, model_config
-from training.utils import save_checkpoint, start_run
+from training.utils import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class NoisyOptimConfig:
 
 
 @dataclass
-class NoisyActionConfig:
+class NoisyActionConfig(RunOptions):
     model: str = "av_action_small"
     method: str = "ntl"
     labels: list[str] = field(default_factory=lambda: list(ACTION_CLASSES))
@@ -59,9 +60,6 @@ class NoisyActionConfig:
     ntl: NTLConfig = field(default_factory=NTLConfig)
     modality_dropout: float = 0.15
     array_cache: str = "runs/noise/cache"  # decoded arrays kept here ('' for none)
-    seed: int = 0
-    deterministic: bool = False
-    threads: int = 1
     out: str = "runs/action_ntl"
     progress: bool = False
 
@@ -70,7 +68,7 @@ def train_action_noisy(cfg: NoisyActionConfig) -> dict[str, Any]:
     """Inject the configured noise, train with ``cfg.method``, keep the best checkpoint by noisy-val accuracy."""
     if cfg.method not in METHODS:
         raise ValueError(f"method {cfg.method!r}: one of {', '.join(METHODS)}")
-    _, out = start_run(cfg)
+    run = Run(cfg, "action")
     mcfg = model_config(cfg.model, num_classes=len(cfg.labels))
     clip = clip_spec_for(cfg.model)
     cache = cfg.array_cache or None
@@ -87,12 +85,13 @@ def train_action_noisy(cfg: NoisyActionConfig) -> dict[str, Any]:
         val = val.with_noise(val_noise.labels, val_noise.audio_source)
     log.info("train noise %s; val noise %s", noise.summary(), val_noise.summary() if val_noise else None)
 
-    run = RunConfig(epochs=cfg.optim.epochs, batch_size=cfg.optim.batch_size, lr=cfg.optim.lr,
-                    weight_decay=cfg.optim.weight_decay, modality_dropout=cfg.modality_dropout, seed=cfg.seed,
-                    ntl=cfg.ntl)
-    first_candidate = round(cfg.ntl.phase1_frac * run.epochs) if cfg.method == "ntl" and cfg.ntl.contrastive else 0
+    rc = RunConfig(epochs=cfg.optim.epochs, batch_size=cfg.optim.batch_size, lr=cfg.optim.lr,
+                   weight_decay=cfg.optim.weight_decay, modality_dropout=cfg.modality_dropout, seed=cfg.seed,
+                   ntl=cfg.ntl)
+    first_candidate = round(cfg.ntl.phase1_frac * rc.epochs) if cfg.method == "ntl" and cfg.ntl.contrastive else 0
     history: list[dict] = []
     best: dict[str, Any] = {}
+    seconds = [0.0]
 
     def on_epoch(model: torch.nn.Module, epoch: int, record: dict) -> None:
         val_acc = accuracy(model, val)
@@ -101,34 +100,45 @@ def train_action_noisy(cfg: NoisyActionConfig) -> dict[str, Any]:
                  record["seconds"])
         if epoch >= first_candidate and (not best or val_acc >= best["val_noisy_accuracy"]):
             best.update(epoch=epoch, val_noisy_accuracy=val_acc)
-            save_checkpoint(out / "best.pt", {
-                "kind": "action",
-                "model": cfg.model,
-                "model_config": dataclasses.asdict(mcfg),
-                "config": dataclasses.asdict(cfg),
-                "labels": cfg.labels,
-                "state_dict": model.state_dict(),
-                "metrics": {"epoch": epoch, "val_noisy_accuracy": val_acc},
-            })
+            run.save("best.pt", run.checkpoint_payload(model, model=cfg.model,
+                                                       model_config=dataclasses.asdict(mcfg), labels=cfg.labels,
+                                                       metrics={"epoch": epoch, "val_noisy_accuracy": val_acc}))
+
+    def state() -> dict[str, Any]:
+        return {"noisy_history": list(history), "noisy_best": dict(best),
+                "noisy_seconds": seconds[0] + time.perf_counter() - t0}
+
+    def load_state(d: dict[str, Any]) -> None:
+        history[:] = d["noisy_history"]
+        best.clear()
+        best.update(d["noisy_best"])
+        seconds[0] = d["noisy_seconds"]
 
     def make() -> torch.nn.Module:
         torch.manual_seed(cfg.seed)
         return create_model(cfg.model, num_classes=len(cfg.labels))
 
     t0 = time.perf_counter()
-    _, info = METHODS[cfg.method](make, train, run, noise, hook=on_epoch)
+    try:
+        _, info = METHODS[cfg.method](make, train, rc, noise, hook=on_epoch, run=run, state=state,
+                                      load_state=load_state)
+    finally:
+        run.close()
+    if run.stop_requested:
+        return stopped(run, int(load_checkpoint(run.out / "last.pt")["step"]))
     final: dict[str, Any] = {
         "method": cfg.method,
         "noise": noise.summary(),
         "val_noise": val_noise.summary() if val_noise else None,
         "best_epoch": best.get("epoch"),
         "val_noisy_accuracy": best.get("val_noisy_accuracy"),
-        "train_seconds": time.perf_counter() - t0,
+        "train_seconds": seconds[0] + time.perf_counter() - t0,
     }
     for key in ("corr_auc", "corr_auc_loss", "labels_corrected", "labels_broken", "phase1_knn"):
         if key in info:
             final[key] = info[key]
-    (out / "history.json").write_text(json.dumps({"epochs": history, "info": _jsonable(info)}, indent=1))
+    if run.is_main:  # the method's diagnostics (noise estimates, label corrections) per epoch
+        (run.out / "history.json").write_text(json.dumps({"epochs": history, "info": _jsonable(info)}, indent=1))
     return final
 
 
