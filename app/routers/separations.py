@@ -17,9 +17,10 @@ from starlette.exceptions import HTTPException
 from app.deps import ServiceDep
 from app.jobs import FORMATS, Job, JobExpired, JobNotFound, JobStore
 from app.schemas import ModelRef, SeparationJob, SeparationTracks, problem_responses
-from model_store.dsp import Box, overlap_add, parse_box, separation_feeds
+from model_store.dsp import Box, overlap_add, parse_box
 from model_store.manifest import ClipSpec
 from model_store.media import Windows
+from model_store.pipelines.separation import separation_feeds
 
 log = logging.getLogger(__name__)
 

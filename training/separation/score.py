@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from model_store.dsp import overlap_add, separation_feeds
+from model_store.dsp import overlap_add
 from model_store.media import load_windows
+from model_store.pipelines.separation import separation_feeds
 from model_store.runtime import LoadedModel
 from training.data.datasets import Record
 from training.data.synthav_speech import load_audio
