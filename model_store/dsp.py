@@ -1,5 +1,5 @@
-"""Signal processing around the separation graph (numpy only): the ``hide`` box, model feeds, and the
-overlap-add that turns per-window outputs into whole tracks without seams.
+"""Signal processing around the separation graph (numpy only): the ``hide`` box and the overlap-add that turns
+per-window outputs into whole tracks without seams (both used by :mod:`model_store.pipelines.separation`).
 
 The STFT and inverse STFT are inside the published graph (real-valued ops), so serving needs no FFT here.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 
 from model_store.manifest import ClipSpec
-from model_store.media import Windows, normalize_video
 
 Box = tuple[float, float, float, float]
 
@@ -35,16 +34,6 @@ def box_slices(box: Box, height: int, width: int) -> tuple[slice, slice]:
     x0, y0, x1, y1 = box
     return (slice(int(np.floor(y0 * height)), int(np.ceil(y1 * height))),
             slice(int(np.floor(x0 * width)), int(np.ceil(x1 * width))))
-
-
-def separation_feeds(windows: Windows, spec: ClipSpec, hide: Box | None = None) -> dict[str, np.ndarray]:
-    """Graph inputs: ``video`` (W, 3, T, H, W) float32 and ``audio`` (W, S) float32. ``hide`` is blanked in
-    every frame to the pixel mean (exactly zero after normalisation), as the paper hides a visible speaker."""
-    video = normalize_video(windows.video, spec)
-    if hide is not None:
-        rows, cols = box_slices(hide, video.shape[-2], video.shape[-1])
-        video[..., rows, cols] = 0.0
-    return {"video": video, "audio": windows.audio.astype(np.float32)}
 
 
 def crossfade_window(n: int, floor: float = 1e-3) -> np.ndarray:

@@ -12,8 +12,7 @@ from fastapi.exceptions import RequestValidationError
 
 from app.deps import ServiceDep
 from app.schemas import ActionResponse, ActionSegment, LabelScore, ModelRef, problem_responses
-from model_store.manifest import ClipSpec
-from model_store.media import Windows, normalize_video
+from model_store.pipelines.action import action_feeds, read_actions, top_classes
 
 log = logging.getLogger(__name__)
 
@@ -23,23 +22,9 @@ TASK = "action"
 DEFAULT_TOP_K = 5
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64. Shape: (W, K) -> (W, K)."""
-    z = logits.astype(np.float64)
-    z -= z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def top_labels(probs: np.ndarray, labels: list[str], k: int) -> list[LabelScore]:
-    order = np.argsort(-probs, kind="stable")[:k]
-    return [LabelScore(label=labels[i], score=float(probs[i])) for i in order]
-
-
-def action_feeds(windows: Windows, clip: ClipSpec, input_names: set[str]) -> dict[str, np.ndarray]:
-    """Model inputs: ``video`` (W, 3, T, H, W) and, if the graph takes it, ``audio`` (W, S)."""
-    feeds = {"video": normalize_video(windows.video, clip), "audio": windows.audio.astype(np.float32)}
-    return {name: value for name, value in feeds.items() if name in input_names}
+    """The ``k`` most probable labels with their scores. Shape: probs (K,)."""
+    return [LabelScore(label=labels[i], score=float(probs[i])) for i in top_classes(probs, k)]
 
 
 def _check_top_k(top_k: int, n_labels: int) -> None:
@@ -72,22 +57,16 @@ async def recognize_actions(
         action_feeds, windows, manifest.clip, {spec.name for spec in manifest.inputs}
     )
     outputs = await service.batchers[TASK].infer(feeds)
-    probs = softmax(outputs["logits"])  # (W, K)
+    actions = read_actions(outputs["logits"], windows, manifest.clip)
     labels = manifest.labels
+    segments = [ActionSegment(start_s=start, end_s=end, top_k=top_labels(p, labels, top_k))
+                for (start, end), p in zip(actions.spans, actions.window_probs, strict=True)]
     duration = float(windows.duration_s)
-    window_s = manifest.clip.window_s
-    segments = []
-    for i, start in enumerate(windows.starts_s):
-        end = duration if i == len(windows) - 1 else min(float(start) + window_s, duration)
-        segments.append(
-            ActionSegment(start_s=float(start), end_s=end, top_k=top_labels(probs[i], labels, top_k))
-        )
-    overall = probs.mean(axis=0)
-    log.info("actions: %.2f s, %d windows, top %s", duration, len(windows), labels[int(overall.argmax())])
+    log.info("actions: %.2f s, %d windows, top %s", duration, len(windows), labels[int(actions.probs.argmax())])
     return ActionResponse(
         model=ModelRef.of(manifest),
         duration_s=duration,
         has_audio=windows.has_audio,
-        top_k=top_labels(overall, labels, top_k),
+        top_k=top_labels(actions.probs, labels, top_k),
         segments=segments,
     )

@@ -16,9 +16,10 @@ from app import overlay
 from app.deps import ServiceDep
 from app.schemas import Grid, HeatmapFrame, LocalizationResponse, ModelRef, Peak, problem_responses
 from app.service import decode_path, save_upload
-from model_store.heatmaps import Heatmaps, video_heatmaps
+from model_store.heatmaps import Heatmaps
 from model_store.manifest import Manifest
-from model_store.media import Windows, normalize_video
+from model_store.media import Windows
+from model_store.pipelines.avsync import avsync_feeds, source_heatmaps, sync_score
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +44,9 @@ def _response(manifest: Manifest, windows: Windows, maps: Heatmaps, logits: np.n
         x, y = maps.peak(i)
         frames.append(HeatmapFrame(t_s=round(float(t), 4), heatmap=np.round(maps.maps[i], 4).tolist(),
                                    peak=Peak(x=x, y=y)))
-    sync = float(np.mean(1.0 / (1.0 + np.exp(-logits.astype(np.float64)))))
     return LocalizationResponse(model=ModelRef.of(manifest), duration_s=float(windows.duration_s),
-                                has_audio=windows.has_audio, sync_score=sync, grid=Grid(height=h, width=w),
-                                frames=frames)
+                                has_audio=windows.has_audio, sync_score=sync_score(logits),
+                                grid=Grid(height=h, width=w), frames=frames)
 
 
 @router.post(
@@ -82,11 +82,10 @@ async def localize_sound(
         duration = float(windows.duration_s)
         if t_s is not None and t_s > duration + 1e-6:
             raise _bad_t(t_s, duration)
-        feeds = {"video": await anyio.to_thread.run_sync(normalize_video, windows.video, clip),
-                 "audio": windows.audio.astype(np.float32)}
+        feeds = await anyio.to_thread.run_sync(avsync_feeds, windows, clip)
         outputs = await service.batchers[TASK].infer(feeds)
-        maps = await anyio.to_thread.run_sync(video_heatmaps, outputs["cam"], windows.starts_s, clip.window_s,
-                                              windows.video, manifest.heatmap if refine else None)
+        maps = await anyio.to_thread.run_sync(source_heatmaps, outputs["cam"], windows, clip,
+                                              manifest.heatmap if refine else None)
         log.info("localization: %.2f s, %d windows, %d heatmaps, format %s", duration, len(windows),
                  len(maps.times_s), format)
         if format == "json":

@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import anyio
-import numpy as np
 from fastapi import APIRouter, File, Path, Query, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
@@ -17,9 +16,8 @@ from starlette.exceptions import HTTPException
 from app.deps import ServiceDep
 from app.jobs import FORMATS, Job, JobExpired, JobNotFound, JobStore
 from app.schemas import ModelRef, SeparationJob, SeparationTracks, problem_responses
-from model_store.dsp import Box, overlap_add, parse_box, separation_feeds
-from model_store.manifest import ClipSpec
-from model_store.media import Windows
+from model_store.dsp import Box, parse_box
+from model_store.pipelines.separation import separated_tracks, separation_feeds
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +41,6 @@ def _parse_hide(hide: str | None) -> Box | None:
         raise RequestValidationError([{
             "type": "value_error", "loc": ("query", "hide"), "msg": f"hide={hide!r}: {exc}", "input": hide,
         }]) from exc
-
-
-def _tracks(outputs: dict[str, np.ndarray], windows: Windows, clip: ClipSpec) -> dict[str, np.ndarray]:
-    return {name: overlap_add(outputs[name], windows.starts_s, clip, windows.duration_s)
-            for name in ("on_screen", "off_screen")}
 
 
 def _job_response(request: Request, job: Job) -> SeparationJob:
@@ -90,7 +83,7 @@ async def create_separation(
     windows = await service.decode_upload(file.file, manifest)
     feeds = await anyio.to_thread.run_sync(separation_feeds, windows, manifest.clip, box)
     outputs = await service.batchers[TASK].infer(feeds)
-    tracks = await anyio.to_thread.run_sync(_tracks, outputs, windows, manifest.clip)
+    tracks = await anyio.to_thread.run_sync(separated_tracks, outputs, windows, manifest.clip)
     job = await anyio.to_thread.run_sync(lambda: store.create(
         tracks, manifest.clip.sample_rate, model=ModelRef.of(manifest).model_dump(),
         duration_s=float(windows.duration_s), has_audio=windows.has_audio,

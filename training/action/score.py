@@ -6,11 +6,14 @@ import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from model_store.manifest import ClipSpec
-from model_store.media import Windows, load_windows, normalize_video
+from model_store.media import Windows, load_windows
+from model_store.pipelines import run_windows
+from model_store.pipelines.action import action_feeds, read_actions, top_classes
 from model_store.runtime import LoadedModel
 from training.data.datasets import Record
 
@@ -40,32 +43,22 @@ def decode_eval_set(records: Sequence[Record], clip: ClipSpec, labels: Sequence[
 
 def action_probabilities(model: LoadedModel, clips: Sequence[EvalClip], zero: str | None = None,
                          batch: int = 32) -> np.ndarray:
-    """(N, K) clip probabilities: softmax per window, averaged over the clip's windows."""
-    spec = model.manifest.clip
-    owners = np.concatenate([np.full(len(c.windows), i) for i, c in enumerate(clips)])
-    video = np.concatenate([c.windows.video for c in clips])
-    audio = np.concatenate([c.windows.audio for c in clips])
-    probs = []
-    for s in range(0, len(owners), batch):
-        v = normalize_video(video[s : s + batch], spec)
-        a = audio[s : s + batch]
-        if zero == "video":
-            v = np.zeros_like(v)
-        elif zero == "audio":
-            a = np.zeros_like(a)
-        logits = model.run({"video": v, "audio": a})["logits"]
-        e = np.exp(logits - logits.max(1, keepdims=True))
-        probs.append(e / e.sum(1, keepdims=True))
-    window_p = np.concatenate(probs)
-    out = np.zeros((len(clips), window_p.shape[1]))
-    np.add.at(out, owners, window_p)
-    return out / np.bincount(owners, minlength=len(clips))[:, None]
+    """Each clip's class probabilities as the service computes them (softmax per window, averaged over the clip),
+    the clips' windows sharing batches of ``batch``; ``zero`` ("video"/"audio") blanks that modality.
+
+    Shape: -> (N, K)
+    """
+    manifest = model.manifest
+    feeds = partial(action_feeds, clip=manifest.clip, input_names={s.name for s in manifest.inputs}, zero=zero)
+    outputs = run_windows(model.run, feeds, [c.windows for c in clips], batch)
+    return np.stack([read_actions(out["logits"], c.windows, manifest.clip).probs
+                     for out, c in zip(outputs, clips, strict=True)])
 
 
 def score_action(model: LoadedModel, clips: Sequence[EvalClip], zero: str | None = None) -> dict[str, float]:
     p = action_probabilities(model, clips, zero)
     y = np.array([c.label for c in clips])
-    top5 = np.argsort(-p, axis=1)[:, :5]
+    top5 = top_classes(p, 5)
     return {
         "accuracy": float((p.argmax(1) == y).mean()),
         "top5": float((top5 == y[:, None]).any(1).mean()),

@@ -32,21 +32,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import partial
 
 import numpy as np
 
-from model_store.heatmaps import (
-    Heatmaps,
-    box_blur,
-    frame_times,
-    normalise,
-    refine_guided,
-    step_frames,
-    upsample,
-    video_heatmaps,
-)
+from model_store.heatmaps import Heatmaps, box_blur, frame_times, normalise, refine_guided, step_frames, upsample
 from model_store.manifest import ClipSpec, HeatmapSpec
-from model_store.media import Windows, load_windows, normalize_video
+from model_store.media import Windows, load_windows
+from model_store.pipelines import run_windows
+from model_store.pipelines.avsync import avsync_feeds, source_heatmaps, sync_probabilities
 from training.avsync.pairs import PAPER_SHIFT, heldout_pairs, pair_batch
 from training.data.datasets import ClipData, Record, load_clips
 
@@ -102,7 +96,7 @@ def centre_prior(n: int, height: int, width: int, sigma: float = CENTRE_SIGMA) -
 
 
 def motion_maps(windows: Windows, clip: ClipSpec, steps: int) -> np.ndarray:
-    """Frame-difference energy per heatmap step (same frames and times as :func:`video_heatmaps`).
+    """Frame-difference energy per heatmap step (same frames and times as :func:`source_heatmaps`).
 
     Shape: -> (F, H, W) at the clip's frame size
     """
@@ -124,7 +118,7 @@ def score_clip(cam: np.ndarray, windows: Windows, clip: ClipSpec, boxes,
     With a refining ``spec`` (the manifest's ``heatmap``), ``model`` is the refined map that is served, and three
     more rows keep the comparison honest: ``cam`` (the model's CAM as it is), and the two baselines passed through
     the very same refinement (``centre_refined``, ``motion_refined``)."""
-    hm: Heatmaps = video_heatmaps(cam, windows.starts_s, clip.window_s, windows.video, spec)
+    hm: Heatmaps = source_heatmaps(cam, windows, clip, spec)
     gt = np.stack([box_mask(b, clip.height, clip.width) for b in boxes_at(boxes, hm.times_s)])
     maps = {
         "model": upsample(hm.maps, clip.height, clip.width),
@@ -132,7 +126,7 @@ def score_clip(cam: np.ndarray, windows: Windows, clip: ClipSpec, boxes,
         "motion": normalise(motion_maps(windows, clip, cam.shape[1])),
     }
     if spec is not None:
-        maps["cam"] = upsample(video_heatmaps(cam, windows.starts_s, clip.window_s).maps, clip.height, clip.width)
+        maps["cam"] = upsample(source_heatmaps(cam, windows, clip).maps, clip.height, clip.width)
         _, owners, ks = frame_times(windows.starts_s, cam.shape[1], clip.window_s)
         guide = step_frames(windows.video, owners, ks, cam.shape[1])
         for name in ("centre", "motion"):
@@ -161,10 +155,8 @@ def score_localization(model, records: Sequence[Record], workers: int = 2, progr
 
             it = tqdm(it, total=len(records), desc="localization", unit="clip")
         for windows, record in zip(it, records, strict=True):
-            cams = [model.run({"video": normalize_video(windows.video[s:s + batch], clip),
-                               "audio": windows.audio[s:s + batch]})["cam"]
-                    for s in range(0, len(windows), batch)]
-            scores = score_clip(np.concatenate(cams), windows, clip, record.boxes, model.manifest.heatmap)
+            (outputs,) = run_windows(model.run, partial(avsync_feeds, clip=clip), [windows], batch)
+            scores = score_clip(outputs["cam"], windows, clip, record.boxes, model.manifest.heatmap)
             for name, value in scores.items():
                 per_method.setdefault(name, []).append(value)
     result = summarise(per_method.pop("model"))
@@ -184,7 +176,7 @@ def score_alignment(model, clips: Sequence[ClipData], shifts: tuple[float, float
     for s in range(0, len(pairs), batch):
         v, a, y = pair_batch(clips, clip, pairs[s:s + batch])
         logit = model.run({"video": np.concatenate([v, v]), "audio": a})["sync_logit"]
-        correct += int(((logit > 0) == (y > 0.5)).sum())
+        correct += int(((sync_probabilities(logit) > 0.5) == (y > 0.5)).sum())
         n += len(y)
     return {"accuracy": correct / n, "n": n, "n_clips": len(pairs)}
 

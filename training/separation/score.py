@@ -16,12 +16,15 @@ import csv
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from model_store.dsp import overlap_add, separation_feeds
+from model_store.dsp import Box
 from model_store.media import load_windows
+from model_store.pipelines import run_windows
+from model_store.pipelines.separation import mixture_track, separated_tracks, separation_feeds
 from model_store.runtime import LoadedModel
 from training.data.datasets import Record
 from training.data.synthav_speech import load_audio
@@ -39,21 +42,14 @@ def si_sdr_np(est: np.ndarray, ref: np.ndarray, eps: float = EPS) -> float:
     return float(10 * np.log10((target @ target + eps) / ((est - target) @ (est - target) + eps)))
 
 
-def separate_file(model: LoadedModel, video: str | Path, batch: int = 16, hide=None
+def separate_file(model: LoadedModel, video: str | Path, batch: int = 16, hide: Box | None = None
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mixture, on_screen, off_screen) whole tracks at the model's sample rate."""
-    spec = model.manifest.clip
-    windows = load_windows(video, spec)
-    feeds = separation_feeds(windows, spec, hide)
-    outs: dict[str, list[np.ndarray]] = {"on_screen": [], "off_screen": []}
-    for s in range(0, len(windows), batch):
-        got = model.run({k: v[s : s + batch] for k, v in feeds.items()})
-        for k in outs:
-            outs[k].append(got[k])
-    on = overlap_add(np.concatenate(outs["on_screen"]), windows.starts_s, spec, windows.duration_s)
-    off = overlap_add(np.concatenate(outs["off_screen"]), windows.starts_s, spec, windows.duration_s)
-    mix = overlap_add(windows.audio, windows.starts_s, spec, windows.duration_s)
-    return mix, on, off
+    """(mixture, on_screen, off_screen) whole tracks at the model's sample rate, as the service makes them."""
+    clip = model.manifest.clip
+    windows = load_windows(video, clip)
+    (outputs,) = run_windows(model.run, partial(separation_feeds, clip=clip, hide=hide), [windows], batch)
+    tracks = separated_tracks(outputs, windows, clip)
+    return mixture_track(windows, clip), tracks["on_screen"], tracks["off_screen"]
 
 
 def _fit(x: np.ndarray, n: int) -> np.ndarray:
