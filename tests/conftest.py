@@ -33,3 +33,13 @@ def tiny_run(action_ds, tmp_path_factory):
         ])
     assert code == 0
     return out, json.loads(buf.getvalue().strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def speech_ds(tmp_path_factory):
+    """6 SynthAV talking-face clips with their clean on- and off-screen tracks."""
+    from training.data.synthav_speech import write_speech_dataset
+
+    root = tmp_path_factory.mktemp("speech") / "ds"
+    write_speech_dataset(root, n=6, seed=11, kind="speech", workers=2)
+    return root

@@ -35,11 +35,14 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 def _train(cls, train_fn, config: str | None, overrides: list[str]) -> int:
     """Load a run config (YAML + ``key=value`` overrides), train, print the checkpoint and metrics as JSON."""
+    import os
+
     from training.config import load_config
 
     cfg = load_config(cls, config, overrides)
     metrics = train_fn(cfg)
-    print(json.dumps({"checkpoint": str(Path(cfg.out) / "best.pt"), **metrics}))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one answer
+        print(json.dumps({"checkpoint": str(Path(cfg.out) / "best.pt"), **metrics}))
     return 0
 
 

@@ -157,7 +157,22 @@ class Run:
         return torch.float16 if precision == "fp16" else torch.bfloat16
 
     def _prepare_dir(self) -> Path | None:
-        """The checkpoint to resume from, if any; refuses to write over another run. Rank 0 writes the config."""
+        """The checkpoint to resume from, if any; refuses to write over another run. Rank 0 decides, writes the
+        config, and tells the other ranks."""
+        decision: tuple[str | None, str | None] = (None, None)  # (resume path, error)
+        if self.is_main:
+            try:
+                resume = self._check_dir()
+                decision = (str(resume) if resume else None, None)
+            except RunError as exc:
+                decision = (None, str(exc))
+        decision = self.broadcast(decision)
+        if decision[1] is not None:
+            raise RunError(decision[1])
+        self.barrier()
+        return Path(decision[0]) if decision[0] else None
+
+    def _check_dir(self) -> Path | None:
         from training.config import save_config
 
         cfg, out = self.cfg, self.out
@@ -179,13 +194,11 @@ class Run:
             diff = sorted(k for k in set(saved) | set(now) if k not in RESUME_FREE and saved.get(k) != now.get(k))
             if diff:
                 raise RunError(f"resume from {resume}: the config differs in {', '.join(diff)}")
-        if self.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            if resume is None:
-                for name in ("metrics.csv", "last.pt", "best.pt"):
-                    (out / name).unlink(missing_ok=True)
-            save_config(cfg, out / "config.yaml")
-        self.barrier()
+        out.mkdir(parents=True, exist_ok=True)
+        if resume is None:
+            for name in ("metrics.csv", "last.pt", "best.pt"):
+                (out / name).unlink(missing_ok=True)
+        save_config(cfg, out / "config.yaml")
         return resume
 
     # -- collectives (no-ops in one process)
@@ -193,6 +206,16 @@ class Run:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+    @contextlib.contextmanager
+    def main_first(self) -> Iterator[None]:
+        """Rank 0 runs the block first (rendering, decoding and caching data), the other ranks after it, so that
+        they read its caches instead of writing the same files at once."""
+        if not self.is_main:
+            self.barrier()
+        yield
+        if self.is_main:
+            self.barrier()
 
     def shard(self, items: Sequence[Any]) -> list[Any]:
         """This rank's contiguous slice of a global batch (len(items) must divide by the world size)."""
@@ -219,6 +242,15 @@ class Run:
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def gather_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``x`` concatenated along dim 0 in rank order: the global batch, differentiable. A loss over
+        the whole global batch (a contrastive loss whose negatives are the other clips) computed from it on every
+        rank gets the gradient of one process: the backward sums each rank's gradient for the piece it owns, and
+        DDP's averaging over ranks undoes the sum's factor."""
+        if not self.distributed:
+            return x
+        return _GatherBatch.apply(x, self.rank, self.world_size)
 
     def gather(self, obj: Any) -> list[Any]:
         """Every rank's ``obj``, in rank order (on every rank)."""
@@ -289,6 +321,24 @@ class Run:
     def close(self) -> None:
         if self._own_group and dist.is_initialized():
             dist.destroy_process_group()
+
+
+class _GatherBatch(torch.autograd.Function):
+    """all_gather along dim 0 whose backward all-reduces the gradient and keeps this rank's slice (gloo has no
+    reduce_scatter)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, rank: int, world: int) -> torch.Tensor:  # noqa: ANN001
+        parts = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rank, ctx.n = rank, x.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: ANN001
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n], None, None
 
 
 class _StepModule(nn.Module):
@@ -516,7 +566,7 @@ def _log_window(run: Run, loop: Loop, done: int, window: dict) -> None:
     row: dict[str, Any] = {"step": done}
     ranks_n = sums.pop("_n")
     windows = sums.pop("_windows")
-    row.update({k: v / ranks_n for k, v in sums.items()})
+    row.update({k: sums[k] / ranks_n for k in window["sums"]})  # the trainer's order
     row["lr"] = loop.optimizers[0].param_groups[0]["lr"]
     row["windows_per_s"] = windows / max(seconds, 1e-9)
     if run.metrics is not None:

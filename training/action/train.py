@@ -141,8 +141,9 @@ def train_action(cfg: ActionTrainConfig, init_state: dict[str, torch.Tensor] | N
 
     mcfg = model_config(cfg.model, num_classes=len(cfg.labels))
     clip = clip_spec_for(cfg.model)
-    train_clips = load_split(cfg.data.train, clip, cfg.labels, cfg.data, cfg.progress)
-    val_clips = load_split(cfg.data.val, clip, cfg.labels, cfg.data, cfg.progress)
+    with run.main_first():
+        train_clips = load_split(cfg.data.train, clip, cfg.labels, cfg.data, cfg.progress)
+        val_clips = load_split(cfg.data.val, clip, cfg.labels, cfg.data, cfg.progress)
     if cfg.optim.batch_size % run.world_size:
         raise ValueError(f"optim.batch_size={cfg.optim.batch_size} does not split over {run.world_size} processes")
     per_epoch = len(train_clips) // cfg.optim.batch_size
@@ -180,8 +181,11 @@ def train_action(cfg: ActionTrainConfig, init_state: dict[str, torch.Tensor] | N
             train_set.epoch = epoch
             sampler = EpochBatches(len(train_set), cfg.optim.batch_size, cfg.seed, epoch, run.rank, run.world_size,
                                    start=b)
+            # its own generator: a loader's iterator draws a base seed, which must not come from the global stream
+            # (a resumed run creates one iterator more than an uninterrupted one)
             loader = DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.data.loader_workers,
-                                pin_memory=device.type == "cuda", persistent_workers=False)
+                                pin_memory=device.type == "cuda",
+                                generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
             batches.update(epoch=epoch, it=iter(loader))
         video, audio, label, _ = next(batches["it"])
         zero_modalities(video, audio, cfg.modality_dropout, gen)

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -109,7 +110,7 @@ def load_decoded(spec: str, clip: ClipSpec, data: PretrainData, progress: bool =
     clips = load_clips(records, clip, labels, workers=data.workers, progress=progress)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
         np.savez(tmp, frames=np.concatenate([c.frames for c in clips]),
                  audio=np.concatenate([c.audio for c in clips]),
                  frame_offsets=np.cumsum([0] + [len(c.frames) for c in clips]),
@@ -285,8 +286,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
 
     clip = clip_spec_for(cfg.model)
     shifts = shift_range(cfg, clip)
-    train_clips = load_decoded(cfg.data.train, clip, cfg.data, cfg.progress)
-    val_clips = load_decoded(cfg.data.val, clip, cfg.data, cfg.progress)
+    with run.main_first():
+        train_clips = load_decoded(cfg.data.train, clip, cfg.data, cfg.progress)
+        val_clips = load_decoded(cfg.data.val, clip, cfg.data, cfg.progress)
     val_pairs = heldout_pairs(val_clips, clip, shifts)
     log.info("pretext: %d train clips, %d held-out pairs, window %.2f s, shifts %.2f-%.2f s, %d process(es)",
              len(train_clips), len(val_pairs), clip.window_s, *shifts, run.world_size)

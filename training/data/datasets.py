@@ -8,6 +8,7 @@ import csv
 import json
 import logging
 import math
+import os
 import re
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -80,7 +81,7 @@ def resolve_data(spec: str, cache_dir: str | Path = "data/synthav") -> Path:
     out = Path(cache_dir) / f"{synth['kind']}-seed{synth['seed']}-n{synth['n']}"
     if not (out / "index.csv").is_file():
         log.info("rendering %s into %s", spec, out)
-        tmp = out.with_name(out.name + ".partial")
+        tmp = out.with_name(f"{out.name}.{os.getpid()}.partial")
         if str(synth["kind"]).startswith("speech"):
             from training.data import synthav_speech
 

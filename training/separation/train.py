@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -190,7 +191,7 @@ def load_sources(spec_str: str, clip: ClipSpec, data: SepDataConfig, progress: b
     arrays = {"n": np.array(len(records))}
     for i in range(len(records)):
         arrays[f"f{i}"], arrays[f"on{i}"], arrays[f"off{i}"] = frames[i], on[i], off[i]
-    tmp = cache.with_name(cache.stem + ".partial.npz")
+    tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.partial.npz")
     np.savez(tmp, **arrays)
     tmp.rename(cache)
     return SourceSet(frames, on, off)
@@ -324,8 +325,9 @@ def train_separation(cfg: SeparationTrainConfig) -> dict[str, Any]:
     mcfg = model_config(cfg.model)
     pit = bool(mcfg.audio_only or mcfg.assign)  # the separation loss is permutation-invariant
     clip = clip_spec_for(cfg.model, cfg.window_hop_s, stft=True)
-    train_src = load_sources(cfg.data.train, clip, cfg.data, cfg.progress)
-    val_src = load_sources(cfg.data.val, clip, cfg.data, cfg.progress)
+    with run.main_first():
+        train_src = load_sources(cfg.data.train, clip, cfg.data, cfg.progress)
+        val_src = load_sources(cfg.data.val, clip, cfg.data, cfg.progress)
     val_rng = np.random.default_rng(12345)
     val = [make_batch(val_src, clip, cfg.mix, val_rng, 16) for _ in range(math.ceil(cfg.data.val_windows / 16))]
 
@@ -366,8 +368,8 @@ def train_separation(cfg: SeparationTrainConfig) -> dict[str, Any]:
     def validate() -> dict[str, float]:
         if not run.distributed:
             return evaluate(model, val, cfg, device, pit)
-        mine = val[run.rank::run.world_size]
-        va = evaluate(model, mine, cfg, device, pit) if mine else {}
+        mine = [tuple(x[run.rank::run.world_size] for x in b) for b in val]  # every batch's windows, split
+        va = evaluate(model, mine, cfg, device, pit)
         n = float(sum(len(b[1]) for b in mine))
         sums = run.reduce_sums({"n": n, **{k: v * n for k, v in va.items()}})
         total = sums.pop("n")

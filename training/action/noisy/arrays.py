@@ -4,6 +4,7 @@ and windows are drawn by indexing instead of a DataLoader (a small win that matt
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +55,7 @@ class ArraySet:
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
         np.savez(tmp, frames=self.frames, audio=self.audio, labels=self.labels,
                  spec=np.array(self.spec.model_dump_json()))
         tmp.rename(path)

@@ -505,9 +505,11 @@ def train_ntl(make: ModelFactory, data: ArraySet, cfg: RunConfig, noise: NoiseRe
 
         def forward1(m: nn.Module, video: torch.Tensor, audio: torch.Tensor, w: torch.Tensor,
                      assign: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+            """Both losses over the global batch (``w``, ``assign``: global; under torchrun the embeddings are
+            gathered from every rank, so each clip's negatives are the whole batch's other clips)."""
             with run.autocast():
                 v, a = m.forward_features(video, audio)
-            v, a = v.float(), a.float()
+            v, a = run.gather_batch(v.float()), run.gather_batch(a.float())
             loss_i = weighted_mean(cross_modal_nce(v, a, c.tau), w)
             loss_c = torch.zeros((), device=v.device)
             if assign is not None:
@@ -519,8 +521,8 @@ def train_ntl(make: ModelFactory, data: ArraySet, cfg: RunConfig, noise: NoiseRe
 
         def p1_step(idx: np.ndarray) -> tuple[torch.Tensor, dict]:
             b = _train_batch(run, data, idx, cfg, rng, dropout=False)
-            w = torch.from_numpy(pairs.weights[b.idx]).float().to(run.device)
-            assign = (torch.from_numpy(pairs.assign[b.idx]).to(run.device)
+            w = torch.from_numpy(pairs.weights[idx]).float().to(run.device)
+            assign = (torch.from_numpy(pairs.assign[idx]).to(run.device)
                       if c.category and pairs.assign is not None else None)
             loss_i, loss_c = step1(b.video, b.audio, w, assign)
             sums[0] += loss_i.item()

@@ -72,9 +72,11 @@ def train_action_noisy(cfg: NoisyActionConfig) -> dict[str, Any]:
     mcfg = model_config(cfg.model, num_classes=len(cfg.labels))
     clip = clip_spec_for(cfg.model)
     cache = cfg.array_cache or None
-    train = load_array_set(cfg.data.train, clip, cfg.labels, cfg.data.cache_dir, cache, cfg.data.workers,
-                           cfg.progress)
-    val = load_array_set(cfg.data.val, clip, cfg.labels, cfg.data.cache_dir, cache, cfg.data.workers, cfg.progress)
+    with run.main_first():
+        train = load_array_set(cfg.data.train, clip, cfg.labels, cfg.data.cache_dir, cache, cfg.data.workers,
+                               cfg.progress)
+        val = load_array_set(cfg.data.val, clip, cfg.labels, cfg.data.cache_dir, cache, cfg.data.workers,
+                             cfg.progress)
     nc = cfg.noise
     noise = make_noise(train.labels, len(cfg.labels), nc.label_noise, nc.label_noise_type, nc.corr_noise, nc.seed)
     train = train.with_noise(noise.labels, noise.audio_source)
