@@ -22,6 +22,12 @@ EVAL_DATA = {"action": "synthav:seed=1000,n=200", "avsync": "synthav:seed=1000,n
              "separation": "synthav:seed=1000,n=100,kind=speech"}
 
 
+def fresh(cache_dir: str) -> list[str]:
+    """Overrides of every build run: the data cache, and a fresh run directory (a rebuild starts from scratch;
+    ``overwrite=true`` replaces what an earlier build left in ``runs/defaults``)."""
+    return [f"data.cache_dir={cache_dir}", "overwrite=true"]
+
+
 def build_separation(root: Path, cache_dir: str, checkpoint: str | Path | None = None) -> None:
     """Train ``configs/separation_audio_only.yaml`` then ``configs/separation_default.yaml`` warm-started from it
     (or take ``checkpoint``, a finished run of that config), export, score on speech clips of seed 1000 (never used
@@ -30,15 +36,15 @@ def build_separation(root: Path, cache_dir: str, checkpoint: str | Path | None =
     from training.separation.train import SeparationTrainConfig, train_separation
 
     config = "separation_default.yaml"
-    cfg = load_config(SeparationTrainConfig, CONFIGS / config, [f"data.cache_dir={cache_dir}"])
+    cfg = load_config(SeparationTrainConfig, CONFIGS / config, fresh(cache_dir))
     metrics: dict[str, Any] = {}
     if checkpoint is None:
         # the audio-only PIT run first: its U-Net warm-starts the audio-visual model (cfg.init_unet)
         pit = load_config(SeparationTrainConfig, CONFIGS / "separation_audio_only.yaml",
-                          [f"data.cache_dir={cache_dir}"])
+                          fresh(cache_dir))
         metrics["audio_only"] = train_separation(pit)
         cfg = load_config(SeparationTrainConfig, CONFIGS / config,
-                          [f"data.cache_dir={cache_dir}", f"init_unet={Path(pit.out) / 'best.pt'}"])
+                          [*fresh(cache_dir), f"init_unet={Path(pit.out) / 'best.pt'}"])
         metrics["audio_visual"] = train_separation(cfg)
         checkpoint = Path(cfg.out) / "best.pt"
     extra = {"build": f"python -m training build-defaults --tasks separation (config {config})",
@@ -55,7 +61,7 @@ def build_action(root: Path, cache_dir: str) -> None:
     from training.config import load_config
 
     config = CONFIGS / "action_ntl.yaml"
-    cfg = load_config(NoisyActionConfig, config, [f"data.cache_dir={cache_dir}"])
+    cfg = load_config(NoisyActionConfig, config, fresh(cache_dir))
     metrics = train_action_noisy(cfg)
     extra = {"build": f"python -m training build-defaults --tasks action (config {config.name})",
              "method": cfg.method,
@@ -93,12 +99,12 @@ def build_avsync(root: Path, cache_dir: str, pretext_checkpoint: str | Path | No
 
     metrics = {}
     if pretext_checkpoint is None:
-        stage1 = load_config(PretrainConfig, CONFIGS / "avsync_default.yaml", [f"data.cache_dir={cache_dir}"])
+        stage1 = load_config(PretrainConfig, CONFIGS / "avsync_default.yaml", fresh(cache_dir))
         metrics["pretext"] = pretrain(stage1)
         pretext_checkpoint = Path(stage1.out) / "best.pt"
     checkpoint = Path(pretext_checkpoint)
     for stage, name in (("region", "avsync_region.yaml"), ("keep", "avsync_keep.yaml")):
-        cfg = load_config(PretrainConfig, CONFIGS / name, [f"data.cache_dir={cache_dir}", f"init={checkpoint}"])
+        cfg = load_config(PretrainConfig, CONFIGS / name, [*fresh(cache_dir), f"init={checkpoint}"])
         metrics[stage] = pretrain(cfg)
         checkpoint = Path(cfg.out) / "best.pt"
     extra = {"build": "python -m training build-defaults --tasks avsync (configs avsync_default.yaml, then "
