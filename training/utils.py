@@ -54,18 +54,3 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def start_run(cfg: Any) -> tuple[torch.device, Path]:
-    """The preamble every training command shares: seed, thread count, device, output dir, the resolved
-    config saved beside the run. ``cfg`` needs ``seed``, ``deterministic``, ``threads`` and ``out``."""
-    from training.config import save_config
-
-    seed_everything(cfg.seed, deterministic=cfg.deterministic)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    return device, out
