@@ -551,6 +551,25 @@ def fit(run: Run, loop: Loop) -> int:
     return done
 
 
+def fit_to_best(run: Run, loop: Loop, st: dict[str, Any], at: str = "step") -> dict[str, Any]:
+    """:func:`fit`, then what a trainer answers: the best evaluation's ``val_*`` metrics, where it was (``at``:
+    step or epoch) and the training seconds, from the trainer's state ``st`` (``best`` with ``val`` and ``at``,
+    ``seconds``); or where the run stopped early."""
+    try:
+        done = fit(run, loop)
+    finally:
+        run.close()
+    if run.stop_requested:
+        return stopped(run, done)
+    best = st["best"]
+    return {**val_metrics(best["val"]), at: best[at], "train_seconds": st["seconds"]}
+
+
+def val_metrics(va: dict[str, float]) -> dict[str, float]:
+    """Validation metrics as checkpoints and answers name them: ``val_<name>``."""
+    return {f"val_{k}": float(v) for k, v in va.items()}
+
+
 def stopped(run: Run, done: int) -> dict[str, Any]:
     """What a trainer returns when its run stopped early (SIGTERM, ``stop_after``): where, and how to go on."""
     return {"stopped": True, "step": done, "last": str(run.out / "last.pt") if run.out else None,

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Sampler
 from model_store.manifest import ClipSpec
 from training.data.datasets import ClipData, WindowDataset, load_clips, read_records, resolve_data
 from training.data.synthav import ACTION_CLASSES
-from training.engine import Loop, Run, RunOptions, fit, stopped
+from training.engine import Loop, Run, RunOptions, fit_to_best, val_metrics
 from training.models import clip_spec_for, create_model, model_config
 
 log = logging.getLogger(__name__)
@@ -218,9 +218,9 @@ def train_action(cfg: ActionTrainConfig, init_state: dict[str, torch.Tensor] | N
         if st["best"] is None or va["accuracy"] >= st["best"]["val"]["accuracy"]:
             st["best"] = st["history"][-1]
             run.save("best.pt", run.checkpoint_payload(model, **provenance(),
-                                                       metrics={"epoch": epoch, **_val(va)}))
+                                                       metrics={"epoch": epoch, **val_metrics(va)}))
         t_round = time.perf_counter()
-        return {"epoch": epoch, **_val(va)}
+        return {"epoch": epoch, **val_metrics(va)}
 
     def provenance() -> dict[str, Any]:
         return {"model": cfg.model, "model_config": dataclasses.asdict(mcfg), "labels": cfg.labels}
@@ -235,18 +235,4 @@ def train_action(cfg: ActionTrainConfig, init_state: dict[str, torch.Tensor] | N
 
     loop = Loop(models=[model], optimizers=[optimizer], schedulers=[scheduler], steps=steps, round_steps=per_epoch,
                 step=one_step, round_end=round_end, state=state, load_state=load_state, payload=provenance)
-    try:
-        done = fit(run, loop)
-    finally:
-        run.close()
-    if run.stop_requested:
-        return stopped(run, done)
-    best = st["best"]
-    final = _val(best["val"])
-    final["epoch"] = best["epoch"]
-    final["train_seconds"] = st["seconds"]
-    return final
-
-
-def _val(va: dict[str, float]) -> dict[str, float]:
-    return {f"val_{k}": float(v) for k, v in va.items()}
+    return fit_to_best(run, loop, st, at="epoch")

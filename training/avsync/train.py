@@ -27,7 +27,7 @@ from torch import nn
 from model_store.manifest import ClipSpec
 from training.avsync.pairs import PAPER_SHIFT, Pair, draw_pair, heldout_pairs, pair_batch
 from training.data.datasets import ClipData, load_clips, read_records, resolve_data
-from training.engine import Loop, Run, RunOptions, fit, stopped
+from training.engine import Loop, Run, RunOptions, fit_to_best, val_metrics
 from training.models import clip_spec_for, create_model, model_config
 from training.utils import load_checkpoint
 
@@ -345,9 +345,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         if st["best"] is None or va["accuracy"] >= st["best"]["val"]["accuracy"]:
             st["best"] = st["history"][-1]
             run.save("best.pt", run.checkpoint_payload(model, **provenance(),
-                                                       metrics={"step": done, **_val(va)}))
+                                                       metrics={"step": done, **val_metrics(va)}))
         t_round = time.perf_counter()
-        return _val(va)
+        return val_metrics(va)
 
     def provenance() -> dict[str, Any]:
         return {"model": cfg.model, "model_config": dataclasses.asdict(mcfg), "shift_s": list(shifts)}
@@ -357,21 +357,5 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
 
     loop = Loop(models=[model], optimizers=[optimizer], schedulers=[scheduler], steps=cfg.optim.steps,
                 round_steps=cfg.eval_every, step=one_step, round_end=round_end, state=lambda: dict(st),
-                load_state=load_state, generators={"batches": rng},
-                payload=lambda: {**provenance(), "metrics": ({"step": st["best"]["step"], **_val(st["best"]["val"])}
-                                                             if st["best"] else {})})
-    try:
-        done = fit(run, loop)
-    finally:
-        run.close()
-    if run.stop_requested:
-        return stopped(run, done)
-    best = st["best"]
-    final = _val(best["val"])
-    final["step"] = best["step"]
-    final["train_seconds"] = st["seconds"]
-    return final
-
-
-def _val(va: dict[str, float]) -> dict[str, float]:
-    return {f"val_{k}": float(v) for k, v in va.items()}
+                load_state=load_state, generators={"batches": rng}, payload=provenance)
+    return fit_to_best(run, loop, st, at="step")

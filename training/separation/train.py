@@ -32,7 +32,7 @@ from torch.nn import functional as F
 from model_store.manifest import ClipSpec
 from model_store.media import normalize_video
 from training.data.datasets import load_clips, read_records, resolve_data
-from training.engine import Loop, Run, RunOptions, fit, stopped
+from training.engine import Loop, Run, RunOptions, fit_to_best, val_metrics
 from training.models import clip_spec_for, create_model, model_config
 from training.utils import load_checkpoint
 
@@ -393,9 +393,9 @@ def train_separation(cfg: SeparationTrainConfig) -> dict[str, Any]:
         if st["best"] is None or score >= st["best"]["score"]:
             st["best"] = {"score": score, **st["history"][-1]}
             run.save("best.pt", run.checkpoint_payload(model, **provenance(),
-                                                       metrics={"step": done, **_val(va)}))
+                                                       metrics={"step": done, **val_metrics(va)}))
         t_round = time.perf_counter()
-        return _val(va)
+        return val_metrics(va)
 
     def provenance() -> dict[str, Any]:
         return {"model": cfg.model, "model_config": dataclasses.asdict(mcfg), "clip": clip.model_dump(),
@@ -405,18 +405,4 @@ def train_separation(cfg: SeparationTrainConfig) -> dict[str, Any]:
     loop = Loop(models=[model], optimizers=[optimizer], schedulers=[scheduler], steps=cfg.optim.steps,
                 round_steps=cfg.optim.eval_every, step=one_step, round_end=round_end, state=lambda: dict(st),
                 load_state=st.update, generators={"batches": rng}, clip_grad=5.0, payload=provenance)
-    try:
-        done = fit(run, loop)
-    finally:
-        run.close()
-    if run.stop_requested:
-        return stopped(run, done)
-    best = st["best"]
-    final = _val(best["val"])
-    final["step"] = best["step"]
-    final["train_seconds"] = st["seconds"]
-    return final
-
-
-def _val(va: dict[str, float]) -> dict[str, float]:
-    return {f"val_{k}": float(v) for k, v in va.items()}
+    return fit_to_best(run, loop, st, at="step")
