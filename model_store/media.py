@@ -11,10 +11,12 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from model_store.manifest import ClipSpec
 
@@ -129,6 +131,80 @@ def _probe_open(container: av.container.InputContainer, limits: MediaLimits) -> 
     )
 
 
+# PyAV >= 17 scales with a thread pool unless told otherwise (``threads=0``: one thread per core)
+_ONE_THREAD: dict[str, int] = {"threads": 1} if int(av.__version__.split(".")[0]) >= 17 else {}
+
+
+class _Scaler:
+    """One single-threaded swscale context for a whole decode: frame -> (height, width, 3) uint8 RGB.
+
+    ``VideoFrame.to_ndarray(width=..., ...)`` builds a new reformatter per frame, and on PyAV >= 17 a scaler
+    with a thread per core: that set-up, and its threads fighting the decoder's for the cores, cost more than
+    the scaling itself (the pixels are the same: bilinear either way).
+    """
+
+    def __init__(self, width: int, height: int) -> None:
+        self.width, self.height = width, height
+        self._reformatter = VideoReformatter()
+
+    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        return self._reformatter.reformat(frame, self.width, self.height, "rgb24", **_ONE_THREAD).to_ndarray()
+
+
+class _MonoTrack:
+    """Audio frames -> float32 mono chunks at ``rate``, through the filter graph ``av.AudioResampler`` builds
+    (abuffer -> aformat -> abuffersink, which resamples and downmixes with swresample).
+
+    One output is pulled per pushed frame, and the rest at :meth:`finish`, rather than pulling until the graph says
+    "again" after every frame (an exception each time). A stream whose format, layout or rate changes midway gets a
+    new graph from that frame on (``av.AudioResampler`` raises a ValueError there).
+    """
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self.chunks: list[np.ndarray] = []
+        self._graph: av.filter.Graph | None = None
+        self._key: tuple | None = None
+
+    def _build(self, frame: av.AudioFrame) -> av.filter.Graph:
+        graph = av.filter.Graph()
+        time_base = frame.time_base or Fraction(1, frame.sample_rate)
+        src = graph.add("abuffer", sample_rate=str(frame.sample_rate), sample_fmt=frame.format.name,
+                        channel_layout=frame.layout.name, time_base=str(time_base))
+        fmt = graph.add("aformat", sample_rates=str(self.rate), sample_fmts="flt", channel_layouts="mono")
+        sink = graph.add("abuffersink")
+        src.link_to(fmt)
+        fmt.link_to(sink)
+        graph.configure()
+        return graph
+
+    def _pull(self, limit: int | None = None) -> None:
+        assert self._graph is not None
+        while limit is None or limit > 0:
+            try:
+                out = self._graph.pull()
+            except (EOFError, BlockingIOError):
+                return
+            self.chunks.append(out.to_ndarray()[0])
+            limit = None if limit is None else limit - 1
+
+    def push(self, frame: av.AudioFrame) -> None:
+        key = (frame.format.name, frame.layout.name, frame.sample_rate)
+        if key != self._key:
+            self.finish()
+            self._graph, self._key = self._build(frame), key
+        assert self._graph is not None
+        self._graph.push(frame)
+        self._pull(limit=1)
+
+    def finish(self) -> list[np.ndarray]:
+        if self._graph is not None:
+            self._graph.push(None)
+            self._pull()
+            self._graph, self._key = None, None
+        return self.chunks
+
+
 def decode(source: Source, spec: ClipSpec, limits: MediaLimits = MediaLimits()) -> Decoded:
     """Probe, then decode the whole file at the spec's fps, size and sample rate."""
     with _open(source) as container:
@@ -137,7 +213,8 @@ def decode(source: Source, spec: ClipSpec, limits: MediaLimits = MediaLimits()) 
         vstream.thread_type = "AUTO"
         astream = container.streams.audio[0] if info.has_audio else None
         streams = [vstream] + ([astream] if astream is not None else [])
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=spec.sample_rate)
+        mono = _MonoTrack(spec.sample_rate)
+        to_rgb = _Scaler(spec.width, spec.height)
 
         step = 1.0 / spec.fps
         src_rate = vstream.average_rate or vstream.guessed_rate
@@ -147,7 +224,6 @@ def decode(source: Source, spec: ClipSpec, limits: MediaLimits = MediaLimits()) 
         prev, prev_rgb = None, None
         t0_video: float | None = None
         t0_audio: float | None = None
-        audio_chunks: list[np.ndarray] = []
         last_video_t = 0.0
         horizon = limits.max_duration_s + 1.0
 
@@ -156,14 +232,15 @@ def decode(source: Source, spec: ClipSpec, limits: MediaLimits = MediaLimits()) 
             # every target time strictly before t_now is shown by `prev`
             while prev is not None and len(frames) * step < t_now - 1e-6:
                 if prev_rgb is None:
-                    prev_rgb = prev.to_ndarray(width=spec.width, height=spec.height, format="rgb24")
+                    prev_rgb = to_rgb(prev)
                 frames.append(prev_rgb)
 
+        vtb = float(vstream.time_base) if vstream.time_base else None
         try:
             for packet in container.demux(*streams):
-                for frame in packet.decode():
-                    if isinstance(frame, av.VideoFrame):
-                        t = float(frame.time) if frame.time is not None else n_src * src_step
+                if packet.stream is vstream:
+                    for frame in packet.decode():
+                        t = frame.pts * vtb if frame.pts is not None and vtb else n_src * src_step
                         n_src += 1
                         if t0_video is None:
                             t0_video = t
@@ -176,14 +253,12 @@ def decode(source: Source, spec: ClipSpec, limits: MediaLimits = MediaLimits()) 
                         emit_until(rel)
                         prev, prev_rgb = frame, None
                         last_video_t = rel
-                    else:
+                else:
+                    for frame in packet.decode():
                         if t0_audio is None:
                             t0_audio = float(frame.time) if frame.time is not None else 0.0
-                        for out in resampler.resample(frame):
-                            audio_chunks.append(out.to_ndarray().reshape(-1))
-            if astream is not None:
-                for out in resampler.resample(None):
-                    audio_chunks.append(out.to_ndarray().reshape(-1))
+                        mono.push(frame)
+            audio_chunks = mono.finish()
         except av.FFmpegError as exc:
             raise MediaError(f"the file could not be decoded: {exc}") from exc
 
@@ -192,7 +267,7 @@ def decode(source: Source, spec: ClipSpec, limits: MediaLimits = MediaLimits()) 
         duration = last_video_t + src_step
         emit_until(duration)
         if not frames:  # shorter than one spec frame
-            frames.append(prev.to_ndarray(width=spec.width, height=spec.height, format="rgb24"))
+            frames.append(to_rgb(prev))
 
     n_samples = int(round(duration * spec.sample_rate))
     audio = np.zeros(n_samples, dtype=np.float32)

@@ -4,6 +4,7 @@ import math
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
@@ -316,3 +317,14 @@ def test_bytes_decode_like_the_path(av_file, variant_files, spec):
             assert np.array_equal(other.frames, from_path.frames)
             assert np.array_equal(other.audio, from_path.audio)
             assert other.duration_s == from_path.duration_s and other.has_audio == from_path.has_audio
+
+
+@pytest.mark.parametrize("name", ["25fps", "odd"])
+def test_frames_are_pyav_own_conversion(name, variant_files, clip_spec, read_index):
+    """One reused single-threaded scaler gives the pixels of PyAV's per-frame ``to_ndarray`` (bilinear)."""
+    spec = clip_spec(fps=8.0, frames=4, height=30, width=50)
+    decoded = media.decode(variant_files[name], spec)
+    with av.open(str(variant_files[name])) as container:
+        want = [f.to_ndarray(width=spec.width, height=spec.height, format="rgb24") for f in container.decode(video=0)]
+    for frame in decoded.frames:
+        np.testing.assert_array_equal(frame, want[read_index(frame)])
