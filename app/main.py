@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.errors import install_error_handlers
+from app.errors import InternalErrorMiddleware, install_error_handlers
 from app.limits import UploadLimitMiddleware
 from app.metrics import MetricsMiddleware, RequestMetrics
 from app.routers import actions, health, localization, metrics, models, separations
@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.service = service
     install_error_handlers(app)
+    app.add_middleware(InternalErrorMiddleware)  # innermost: a 500 that keeps the connection
     app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.state.request_metrics = RequestMetrics()
     app.add_middleware(MetricsMiddleware, metrics=app.state.request_metrics)  # outermost: sees 413s too

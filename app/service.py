@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import IO
 
 import anyio
+import av
 from fastapi import HTTPException
 
 from app.inference import MicroBatcher
@@ -132,6 +133,10 @@ def decode_path(path: Path, manifest: Manifest, limits: MediaLimits) -> Windows:
         return load_windows(path, manifest.clip, limits)
     except MediaError as exc:
         raise MediaError(exc.detail.replace(str(path), "<upload>"), status=exc.status) from exc
+    except (av.FFmpegError, ValueError, ArithmeticError, IndexError, OverflowError) as exc:
+        # FFmpeg and PyAV meeting a file they cannot read in a way decode() does not foresee: the upload's problem
+        log.warning("decoding an upload failed: %r", exc, exc_info=exc)
+        raise MediaError("the file could not be decoded") from exc
 
 
 def _decode_via_tempfile(upload: IO[bytes], manifest: Manifest, limits: MediaLimits) -> Windows:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import IO
 
 import av
 import numpy as np
@@ -75,13 +77,98 @@ class Windows:
         return len(self.starts_s)
 
 
-def _open(source: Source) -> av.container.InputContainer:
+# what FFmpeg may read: the file it was given, nothing else. Playlists (hls), concat scripts, IMF, DASH and SDP
+# descriptions name other files or network streams; a demuxer that follows them would let an upload read the
+# server's files (another client's upload) or open sockets. Nested opens go through `io_open`, which refuses
+# all but the source itself, or through protocols, of which none is whitelisted (the source is opened by
+# `io_open`, not by a protocol).
+_NO_PROTOCOLS = {"protocol_whitelist": "none"}
+# demuxers of still pictures and text: FFmpeg opens them as a video stream, but they are not videos
+_STILL_FORMATS = {"image2", "image2pipe"}
+_TEXT_FORMATS = {"tty", "ffmetadata"}
+# a description for files FFmpeg cannot open, from their first bytes (only to word the error)
+_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"<svg", "an SVG vector image"),
+    (b"%PDF", "a PDF document"),
+    (b"#EXTM3U", "an m3u/m3u8 playlist"),
+    (b"ffconcat version", "an ffconcat script"),
+    (b"<!doctype html", "an HTML page"),
+    (b"<html", "an HTML page"),
+    (b"<?xml", "an XML document"),
+)
+
+
+class _ReferenceRefused(PermissionError):
+    """The file asked FFmpeg to open another file or URL."""
+
+
+def _guard(allowed: str | None) -> Callable[[str, int, dict], IO[bytes]]:
+    def io_open(url: str, flags: int, options: dict) -> IO[bytes]:
+        if allowed is not None and url == allowed and not flags & 2:  # AVIO_FLAG_WRITE
+            return open(allowed, "rb")
+        raise _ReferenceRefused(f"refused to open {url!r}")
+
+    return io_open
+
+
+def _describe(source: Source) -> str | None:
+    """What a file that FFmpeg cannot open looks like (SVG, playlist, ...), from its first bytes."""
     try:
         if isinstance(source, bytes | bytearray | memoryview):
-            return av.open(io.BytesIO(bytes(source)), mode="r")
-        return av.open(str(source), mode="r")
+            head = bytes(source[:1024])
+        else:
+            with open(source, "rb") as fh:
+                head = fh.read(1024)
+    except OSError:
+        return None
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith(b"<?xml") and b"<svg" in text:
+        return "an SVG vector image"
+    return next((what for magic, what in _SIGNATURES if text.startswith(magic.lower())), None)
+
+
+def _ffmpeg_reason(exc: BaseException) -> str:
+    """FFmpeg's message without errno numbers or the server-side path."""
+    return str(getattr(exc, "strerror", None) or exc.__class__.__name__)
+
+
+def open_media(source: Source) -> av.container.InputContainer:
+    """Open a file or bytes for reading with FFmpeg, which may read that source and nothing else."""
+    try:
+        if isinstance(source, bytes | bytearray | memoryview):
+            return av.open(io.BytesIO(bytes(source)), mode="r", io_open=_guard(None), options=_NO_PROTOCOLS)
+        return av.open(str(source), mode="r", io_open=_guard(str(source)), options=_NO_PROTOCOLS)
+    except _ReferenceRefused as exc:
+        raise MediaError("not a video: the file refers to other files or URLs (a playlist or similar); upload "
+                         "the video itself", status=415) from exc
     except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
-        raise MediaError(f"not a decodable media file: {exc}", status=415) from exc
+        what = _describe(source)
+        if what is not None:
+            raise MediaError(f"not a video: the file is {what}", status=415) from exc
+        raise MediaError(f"not a decodable media file ({_ffmpeg_reason(exc)})", status=415) from exc
+
+
+def video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
+    """The first video stream that is not a picture attached to the audio (cover art); MediaError if none."""
+    fmt = container.format.name
+    if fmt in _STILL_FORMATS or fmt.endswith("_pipe"):
+        kind = fmt.removesuffix("_pipe") if fmt.endswith("_pipe") else "image"
+        what = "an SVG vector image" if kind == "svg" else f"a still image ({kind})"
+        raise MediaError(f"not a video: the file is {what}", status=415)
+    if fmt in _TEXT_FORMATS:
+        raise MediaError(f"not a video: the file is text ({fmt})", status=415)
+    streams = container.streams
+    videos = [s for s in streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+    if not videos:
+        if streams.video:
+            raise MediaError("not a video: its only picture is cover art attached to the audio", status=415)
+        kinds = sorted({s.type for s in streams})
+        held = f" (it holds {', '.join(kinds)} streams)" if kinds else " (it holds no stream at all)"
+        raise MediaError(f"not a video: the file has no video stream{held}", status=422)
+    video = videos[0]
+    if video.codec_context is None:
+        raise MediaError("not a video this service can decode: FFmpeg has no decoder for its video codec", status=415)
+    return video
 
 
 def _duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float | None:
@@ -94,7 +181,7 @@ def _duration(container: av.container.InputContainer, stream: av.video.stream.Vi
 
 def probe(source: Source, limits: MediaLimits = MediaLimits()) -> ProbeInfo:
     """Read headers only and enforce ``limits``; raises :class:`MediaError` with a user-facing detail."""
-    with _open(source) as container:
+    with open_media(source) as container:
         return _probe_open(container, limits)
 
 
@@ -102,9 +189,7 @@ def _probe_open(container: av.container.InputContainer, limits: MediaLimits) -> 
     streams = container.streams
     if len(streams) > limits.max_streams:
         raise MediaError(f"the file has {len(streams)} streams; at most {limits.max_streams} are accepted")
-    if not streams.video:
-        raise MediaError("the file has no video stream", status=422)
-    video = streams.video[0]
+    video = video_stream(container)
     ctx = video.codec_context
     width, height = int(ctx.width or 0), int(ctx.height or 0)
     if width <= 0 or height <= 0:
@@ -135,7 +220,7 @@ def _probe_open(container: av.container.InputContainer, limits: MediaLimits) -> 
 _ONE_THREAD: dict[str, int] = {"threads": 1} if int(av.__version__.split(".")[0]) >= 17 else {}
 
 
-class _Scaler:
+class FrameScaler:
     """One single-threaded swscale context for a whole decode: frame -> (height, width, 3) uint8 RGB.
 
     ``VideoFrame.to_ndarray(width=..., ...)`` builds a new reformatter per frame, and on PyAV >= 17 a scaler
@@ -207,14 +292,14 @@ class _MonoTrack:
 
 def decode(source: Source, spec: ClipSpec, limits: MediaLimits = MediaLimits()) -> Decoded:
     """Probe, then decode the whole file at the spec's fps, size and sample rate."""
-    with _open(source) as container:
+    with open_media(source) as container:
         info = _probe_open(container, limits)
-        vstream = container.streams.video[0]
+        vstream = video_stream(container)
         vstream.thread_type = "AUTO"
         astream = container.streams.audio[0] if info.has_audio else None
         streams = [vstream] + ([astream] if astream is not None else [])
         mono = _MonoTrack(spec.sample_rate)
-        to_rgb = _Scaler(spec.width, spec.height)
+        to_rgb = FrameScaler(spec.width, spec.height)
 
         step = 1.0 / spec.fps
         src_rate = vstream.average_rate or vstream.guessed_rate
@@ -259,11 +344,16 @@ def decode(source: Source, spec: ClipSpec, limits: MediaLimits = MediaLimits()) 
                             t0_audio = float(frame.time) if frame.time is not None else 0.0
                         mono.push(frame)
             audio_chunks = mono.finish()
+        except _ReferenceRefused as exc:
+            raise MediaError("not a video: the file refers to other files or URLs; upload the video itself",
+                             status=415) from exc
         except av.FFmpegError as exc:
-            raise MediaError(f"the file could not be decoded: {exc}") from exc
+            raise MediaError(f"the file could not be decoded ({_ffmpeg_reason(exc)})") from exc
 
         if prev is None:
             raise MediaError("the video stream holds no decodable frame")
+        if n_src == 1:
+            raise MediaError("not a video: the video stream holds a single picture", status=415)
         duration = last_video_t + src_step
         emit_until(duration)
         if not frames:  # shorter than one spec frame

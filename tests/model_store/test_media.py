@@ -328,3 +328,24 @@ def test_frames_are_pyav_own_conversion(name, variant_files, clip_spec, read_ind
         want = [f.to_ndarray(width=spec.width, height=spec.height, format="rgb24") for f in container.decode(video=0)]
     for frame in decoded.frames:
         np.testing.assert_array_equal(frame, want[read_index(frame)])
+
+
+@pytest.mark.parametrize("name, text", [
+    ("list.m3u8", "#EXTM3U\n#EXT-X-TARGETDURATION:3\n#EXTINF:2.0,\n{target}\n#EXT-X-ENDLIST\n"),
+    ("relative.m3u8", "#EXTM3U\n#EXT-X-TARGETDURATION:3\n#EXTINF:2.0,\nbeside.mp4\n#EXT-X-ENDLIST\n"),
+    ("list.ffconcat", "ffconcat version 1.0\nfile beside.mp4\n"),
+    ("list.ffconcat", "ffconcat version 1.0\nfile '{target}'\n"),
+])
+def test_references_to_other_files_are_not_followed(name, text, av_file, tmp_path, spec):
+    """A playlist or concat script (its extension makes FFmpeg pick the HLS / concat demuxer) pointing at a
+    playable video: refused, and the video is never opened."""
+    beside = tmp_path / "beside.mp4"
+    beside.write_bytes(av_file.read_bytes())
+    path = tmp_path / name
+    path.write_text(text.format(target=beside))
+    for source in (path, path.read_bytes()):
+        with pytest.raises(MediaError) as info:
+            media.load_windows(source, spec)
+        assert info.value.status == 415 and info.value.detail.startswith("not a video")
+        assert str(tmp_path) not in info.value.detail
+    assert media.load_windows(beside, spec).duration_s == pytest.approx(2.0, abs=0.05)
