@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app import admission
 from app.errors import InternalErrorMiddleware, install_error_handlers
 from app.limits import UploadLimitMiddleware
 from app.metrics import MetricsMiddleware, RequestMetrics
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = service
     install_error_handlers(app)
     app.add_middleware(InternalErrorMiddleware)  # innermost: a 500 that keeps the connection
+    admission.install(app, service)  # upload bytes held, deadlines, disconnects; 503 + Retry-After
     app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.state.request_metrics = RequestMetrics()
     app.add_middleware(MetricsMiddleware, metrics=app.state.request_metrics)  # outermost: sees 413s too

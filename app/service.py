@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -15,11 +18,21 @@ import anyio
 import av
 from fastapi import HTTPException
 
+from app.admission import ByteBudget, ModelBudget, Stopped, work
 from app.inference import MicroBatcher
 from app.jobs import JobStore
 from app.settings import Settings
-from model_store.manifest import Manifest
-from model_store.media import MediaError, MediaLimits, Windows, load_windows
+from model_store.manifest import ClipSpec, Manifest
+from model_store.media import (
+    DecodeStopped,
+    MediaError,
+    MediaLimits,
+    ProbeInfo,
+    Windows,
+    load_windows,
+    probe,
+    window_starts,
+)
 from model_store.registry import ModelStore, RegistryError
 from model_store.runtime import LoadedModel, load_model
 
@@ -42,7 +55,13 @@ class ServiceState:
     ready: bool = False
     decode_slots: asyncio.Semaphore | None = None
     jobs: JobStore | None = None  # separation results on disk, swept after results_ttl_s
+    budgets: dict[str, ModelBudget] = field(default_factory=dict)  # admission: windows and requests per model
+    upload_bytes: ByteBudget | None = None  # admission: request bodies held (app.admission.AdmissionMiddleware)
+    stopped: dict[str, int] = field(default_factory=dict)  # requests stopped early, by "deadline" / "disconnect"
     _sweeper: asyncio.Task | None = None
+
+    def __post_init__(self) -> None:
+        self.upload_bytes = ByteBudget(self.settings.max_upload_held_bytes)
 
     @property
     def media_limits(self) -> MediaLimits:
@@ -72,6 +91,7 @@ class ServiceState:
             batcher = MicroBatcher(model.run, s.max_batch, s.batch_timeout_ms / 1000.0, name=task)
             await batcher.start()
             self.batchers[task] = batcher
+            self.budgets[task] = ModelBudget(task, s.max_windows_in_flight, s.max_requests_in_flight)
             m = model.manifest
             log.info("serving %s: %s v%d on %s", task, m.name, m.version, model.providers)
         self.ready = bool(self.models)
@@ -91,12 +111,53 @@ class ServiceState:
             raise HTTPException(503, f"no {task} model is loaded by this service")
         return self.models[task]
 
-    async def decode_upload(self, upload: IO[bytes], manifest: Manifest) -> Windows:
-        """Copy the upload to a temporary file and decode it into the model's windows, in a worker thread,
-        with at most ``max_concurrent_decodes`` decodes at a time. The file is deleted afterwards."""
+    def retry_after_s(self) -> float:
+        """When a refused client might find room: the slowest model's estimate."""
+        return max((b.retry_after_s() for b in self.budgets.values()), default=1.0)
+
+    def admit(self, manifest: Manifest, info: ProbeInfo) -> int:
+        """Admit a probed video's windows to its model's budget for the current request or job (released when it
+        ends); :class:`~app.admission.Refused` (503) if they do not fit. Returns the windows counted."""
+        windows = expected_windows(info, manifest.clip, self.media_limits)
+        budget = self.budgets.get(manifest.task)
+        if budget is not None and work() is not None:
+            budget.admit(windows)
+        return windows
+
+    async def decode_saved(self, path: Path, manifest: Manifest, admitted: bool = False) -> Windows:
+        """The model's windows of a saved upload: probe (headers only), admit its windows (unless ``admitted``),
+        then decode in a worker thread, at most ``max_concurrent_decodes`` at a time, stopping early if the current
+        request's deadline passes or its client goes away."""
         assert self.decode_slots is not None
+        info = await anyio.to_thread.run_sync(probe_path, path, self.media_limits)
+        if not admitted:
+            self.admit(manifest, info)
+        w = work()
+        # decode no further than the probe promised (a header that understates the length must not overfill memory)
+        limit = self.media_limits.max_duration_s
+        if math.isfinite(info.duration_s):
+            limit = min(limit, info.duration_s * 1.05 + 2.0)
+        limits = MediaLimits(max_duration_s=limit, max_pixels=self.settings.max_pixels)
         async with self.decode_slots:
-            return await anyio.to_thread.run_sync(_decode_via_tempfile, upload, manifest, self.media_limits)
+            if w is not None:
+                w.check()
+            return await anyio.to_thread.run_sync(decode_path, path, manifest, limits,
+                                                  w.should_stop if w is not None else None,
+                                                  self.settings.decode_threads)
+
+    async def decode_upload(self, upload: IO[bytes], manifest: Manifest) -> Windows:
+        """Copy the upload to a temporary file and :meth:`decode_saved` it; the file is deleted afterwards."""
+        path = await anyio.to_thread.run_sync(save_upload, upload)
+        try:
+            return await self.decode_saved(path, manifest)
+        finally:
+            path.unlink(missing_ok=True)
+
+
+def expected_windows(info: ProbeInfo, clip: ClipSpec, limits: MediaLimits) -> int:
+    """The windows a probed video will give (a video of unknown length counts as the longest accepted)."""
+    duration = info.duration_s if math.isfinite(info.duration_s) else limits.max_duration_s
+    return len(window_starts(max(duration, 0.0), clip))
 
 
 def _check_io(manifest: Manifest) -> None:
@@ -127,21 +188,35 @@ def save_upload(upload: IO[bytes]) -> Path:
     return path
 
 
-def decode_path(path: Path, manifest: Manifest, limits: MediaLimits) -> Windows:
-    """The model's windows of a saved upload; errors never show the server's temporary path."""
-    try:
-        return load_windows(path, manifest.clip, limits)
-    except MediaError as exc:
-        raise MediaError(exc.detail.replace(str(path), "<upload>"), status=exc.status) from exc
-    except (av.FFmpegError, ValueError, ArithmeticError, IndexError, OverflowError) as exc:
-        # FFmpeg and PyAV meeting a file they cannot read in a way decode() does not foresee: the upload's problem
-        log.warning("decoding an upload failed: %r", exc, exc_info=exc)
-        raise MediaError("the file could not be decoded") from exc
+def _upload_errors(path: Path) -> contextlib.AbstractContextManager:
+    """Media errors without the server's temporary path; unforeseen decoder failures as 422, not 500."""
+
+    @contextlib.contextmanager
+    def scope():
+        try:
+            yield
+        except MediaError as exc:
+            raise MediaError(exc.detail.replace(str(path), "<upload>"), status=exc.status) from exc
+        except (av.FFmpegError, ValueError, ArithmeticError, IndexError, OverflowError) as exc:
+            # FFmpeg and PyAV meeting a file in a way decode() does not foresee: the upload's problem
+            log.warning("decoding an upload failed: %r", exc, exc_info=exc)
+            raise MediaError("the file could not be decoded") from exc
+
+    return scope()
 
 
-def _decode_via_tempfile(upload: IO[bytes], manifest: Manifest, limits: MediaLimits) -> Windows:
-    path = save_upload(upload)
-    try:
-        return decode_path(path, manifest, limits)
-    finally:
-        path.unlink(missing_ok=True)
+def probe_path(path: Path, limits: MediaLimits) -> ProbeInfo:
+    """A saved upload's headers, checked against ``limits``."""
+    with _upload_errors(path):
+        return probe(path, limits)
+
+
+def decode_path(path: Path, manifest: Manifest, limits: MediaLimits, stop: Callable[[], bool] | None = None,
+                threads: int = 0) -> Windows:
+    """The model's windows of a saved upload; ``stop`` can end it early (:class:`~app.admission.Stopped`)."""
+    with _upload_errors(path):
+        try:
+            return load_windows(path, manifest.clip, limits, stop, threads)
+        except DecodeStopped as exc:
+            w = work()
+            raise Stopped(w.reason if w is not None and w.reason else "decoding was stopped") from exc

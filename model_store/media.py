@@ -37,6 +37,10 @@ class MediaError(ValueError):
             self.status = status
 
 
+class DecodeStopped(Exception):
+    """The caller's ``stop`` callback asked decoding to end early."""
+
+
 @dataclass(frozen=True)
 class MediaLimits:
     max_duration_s: float = 600.0
@@ -290,12 +294,19 @@ class _MonoTrack:
         return self.chunks
 
 
-def decode(source: Source, spec: ClipSpec, limits: MediaLimits = MediaLimits()) -> Decoded:
-    """Probe, then decode the whole file at the spec's fps, size and sample rate."""
+def decode(source: Source, spec: ClipSpec, limits: MediaLimits = MediaLimits(),
+           stop: Callable[[], bool] | None = None, threads: int = 0) -> Decoded:
+    """Probe, then decode the whole file at the spec's fps, size and sample rate.
+
+    ``stop`` is polled once per packet; when it returns True, :class:`DecodeStopped` is raised (a service stops a
+    request whose client went away or whose deadline passed). ``threads``: the video decoder's threads (0: FFmpeg
+    chooses, one per core and one more).
+    """
     with open_media(source) as container:
         info = _probe_open(container, limits)
         vstream = video_stream(container)
         vstream.thread_type = "AUTO"
+        vstream.codec_context.thread_count = threads
         astream = container.streams.audio[0] if info.has_audio else None
         streams = [vstream] + ([astream] if astream is not None else [])
         mono = _MonoTrack(spec.sample_rate)
@@ -323,6 +334,8 @@ def decode(source: Source, spec: ClipSpec, limits: MediaLimits = MediaLimits()) 
         vtb = float(vstream.time_base) if vstream.time_base else None
         try:
             for packet in container.demux(*streams):
+                if stop is not None and stop():
+                    raise DecodeStopped("decoding was stopped")
                 if packet.stream is vstream:
                     for frame in packet.decode():
                         t = frame.pts * vtb if frame.pts is not None and vtb else n_src * src_step
@@ -399,8 +412,10 @@ def cut_windows(decoded: Decoded, spec: ClipSpec) -> Windows:
                    has_audio=decoded.has_audio)
 
 
-def load_windows(source: Source, spec: ClipSpec, limits: MediaLimits = MediaLimits()) -> Windows:
-    return cut_windows(decode(source, spec, limits), spec)
+def load_windows(source: Source, spec: ClipSpec, limits: MediaLimits = MediaLimits(),
+                 stop: Callable[[], bool] | None = None, threads: int = 0) -> Windows:
+    """:func:`decode`, then :func:`cut_windows`: the sliding windows of the whole video."""
+    return cut_windows(decode(source, spec, limits, stop, threads), spec)
 
 
 def normalize_video(video: np.ndarray, spec: ClipSpec) -> np.ndarray:

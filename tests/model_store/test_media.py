@@ -349,3 +349,21 @@ def test_references_to_other_files_are_not_followed(name, text, av_file, tmp_pat
         assert info.value.status == 415 and info.value.detail.startswith("not a video")
         assert str(tmp_path) not in info.value.detail
     assert media.load_windows(beside, spec).duration_s == pytest.approx(2.0, abs=0.05)
+
+
+def test_stop_ends_decoding_between_packets(av_file, spec):
+    """``stop`` is polled per packet: decoding ends at the first True, wherever it comes."""
+    calls = []
+
+    def stop_after(n):
+        def stop():
+            calls.append(1)
+            return len(calls) > n
+        return stop
+
+    with pytest.raises(media.DecodeStopped):
+        media.load_windows(av_file, spec, stop=stop_after(10))
+    assert len(calls) == 11
+    calls.clear()
+    media.load_windows(av_file, spec, stop=stop_after(10**6))
+    assert len(calls) > 20  # every packet of the 2-s file (video and audio) was a chance to stop
