@@ -12,14 +12,15 @@ from app import admission
 from app.errors import InternalErrorMiddleware, install_error_handlers
 from app.limits import UploadLimitMiddleware
 from app.metrics import MetricsMiddleware, RequestMetrics
-from app.routers import actions, health, localization, metrics, models, separations
+from app.routers import actions, analyze, health, jobs, localization, metrics, models, separations
 from app.service import ServiceState
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
 # one router per resource; /v1/localization and /v1/separations join here
-ROUTERS = (health.router, metrics.router, models.router, actions.router, localization.router, separations.router)
+ROUTERS = (health.router, metrics.router, models.router, actions.router, localization.router, separations.router,
+           analyze.router, jobs.router)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

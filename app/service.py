@@ -20,16 +20,18 @@ from fastapi import HTTPException
 
 from app.admission import ByteBudget, ModelBudget, Stopped, work
 from app.inference import MicroBatcher
-from app.jobs import JobStore
+from app.jobs import JobRunner, JobStore
 from app.settings import Settings
 from model_store.manifest import ClipSpec, Manifest
 from model_store.media import (
+    Decoded,
     DecodeStopped,
     MediaError,
     MediaLimits,
     ProbeInfo,
     Windows,
-    load_windows,
+    cut_windows,
+    decode,
     probe,
     window_starts,
 )
@@ -55,10 +57,12 @@ class ServiceState:
     ready: bool = False
     decode_slots: asyncio.Semaphore | None = None
     jobs: JobStore | None = None  # separation results on disk, swept after results_ttl_s
+    job_runner: JobRunner | None = None  # long requests as jobs (202 + Location), records under results_dir/jobs
     budgets: dict[str, ModelBudget] = field(default_factory=dict)  # admission: windows and requests per model
     upload_bytes: ByteBudget | None = None  # admission: request bodies held (app.admission.AdmissionMiddleware)
     stopped: dict[str, int] = field(default_factory=dict)  # requests stopped early, by "deadline" / "disconnect"
     _sweeper: asyncio.Task | None = None
+    _job_sweeper: asyncio.Task | None = None
 
     def __post_init__(self) -> None:
         self.upload_bytes = ByteBudget(self.settings.max_upload_held_bytes)
@@ -77,6 +81,9 @@ class ServiceState:
         self.decode_slots = asyncio.Semaphore(s.max_concurrent_decodes)
         self.jobs = JobStore(s.results_dir, s.results_ttl_s)
         self._sweeper = asyncio.create_task(self.jobs.run_sweeper(s.results_sweep_s), name="results-sweeper")
+        self.job_runner = JobRunner(Path(s.results_dir) / "jobs", s.max_jobs, s.job_workers, s.results_ttl_s)
+        await self.job_runner.start()
+        self._job_sweeper = asyncio.create_task(self.job_runner.run_sweeper(s.results_sweep_s), name="jobs-sweeper")
         self.store = store = ModelStore(s.model_root)
         tasks = s.tasks if s.tasks is not None else await anyio.to_thread.run_sync(self.store.tasks)
         if not tasks:
@@ -98,9 +105,12 @@ class ServiceState:
 
     async def stop(self) -> None:
         self.ready = False
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
+        if self.job_runner is not None:
+            await self.job_runner.stop()
+        for sweeper in (self._sweeper, self._job_sweeper):
+            if sweeper is not None:
+                sweeper.cancel()
+        self._sweeper = self._job_sweeper = None
         for batcher in self.batchers.values():
             await batcher.stop()
         self.batchers.clear()
@@ -115,35 +125,56 @@ class ServiceState:
         """When a refused client might find room: the slowest model's estimate."""
         return max((b.retry_after_s() for b in self.budgets.values()), default=1.0)
 
-    def admit(self, manifest: Manifest, info: ProbeInfo) -> int:
-        """Admit a probed video's windows to its model's budget for the current request or job (released when it
-        ends); :class:`~app.admission.Refused` (503) if they do not fit. Returns the windows counted."""
+    async def admit(self, manifest: Manifest, info: ProbeInfo, wait: bool = False) -> int:
+        """Admit a probed video's windows to its model's budget for the current request or job (given back when it
+        ends): at once or :class:`~app.admission.Refused` (503), or, with ``wait`` (jobs), when there is room.
+        Returns the windows counted."""
         windows = expected_windows(info, manifest.clip, self.media_limits)
         budget = self.budgets.get(manifest.task)
         if budget is not None and work() is not None:
-            budget.admit(windows)
+            if wait:
+                await budget.wait_admit(windows)
+            else:
+                budget.admit(windows)
         return windows
 
-    async def decode_saved(self, path: Path, manifest: Manifest, admitted: bool = False) -> Windows:
-        """The model's windows of a saved upload: probe (headers only), admit its windows (unless ``admitted``),
-        then decode in a worker thread, at most ``max_concurrent_decodes`` at a time, stopping early if the current
-        request's deadline passes or its client goes away."""
+    async def decode_many(self, path: Path, manifests: list[Manifest], wait: bool = False) -> dict[str, Windows]:
+        """Each model's windows of a saved upload: probe (headers only), admit every model's windows (see
+        :meth:`admit`), then decode once per distinct (fps, size, sample rate) and cut each model's windows from
+        that. Decodes run in worker threads, at most ``max_concurrent_decodes`` at a time, and stop early if the
+        current request's deadline passes, its client goes away or its job is cancelled."""
         assert self.decode_slots is not None
         info = await anyio.to_thread.run_sync(probe_path, path, self.media_limits)
-        if not admitted:
-            self.admit(manifest, info)
+        for manifest in manifests:
+            await self.admit(manifest, info, wait)
         w = work()
         # decode no further than the probe promised (a header that understates the length must not overfill memory)
         limit = self.media_limits.max_duration_s
         if math.isfinite(info.duration_s):
             limit = min(limit, info.duration_s * 1.05 + 2.0)
         limits = MediaLimits(max_duration_s=limit, max_pixels=self.settings.max_pixels)
-        async with self.decode_slots:
+        groups: dict[tuple, list[Manifest]] = {}
+        for manifest in manifests:
+            c = manifest.clip
+            groups.setdefault((c.fps, c.height, c.width, c.sample_rate), []).append(manifest)
+        out: dict[str, Windows] = {}
+        for i, group in enumerate(groups.values()):
+            async with self.decode_slots:
+                if w is not None:
+                    w.check()
+                decoded = await anyio.to_thread.run_sync(decode_file, path, group[0].clip, limits,
+                                                         w.should_stop if w is not None else None,
+                                                         self.settings.decode_threads)
+            for manifest in group:
+                out[manifest.task] = cut_windows(decoded, manifest.clip)
+            del decoded
             if w is not None:
-                w.check()
-            return await anyio.to_thread.run_sync(decode_path, path, manifest, limits,
-                                                  w.should_stop if w is not None else None,
-                                                  self.settings.decode_threads)
+                w.progress(0.5 * (i + 1) / len(groups))
+        return out
+
+    async def decode_saved(self, path: Path, manifest: Manifest) -> Windows:
+        """One model's windows of a saved upload (:meth:`decode_many`)."""
+        return (await self.decode_many(path, [manifest]))[manifest.task]
 
     async def decode_upload(self, upload: IO[bytes], manifest: Manifest) -> Windows:
         """Copy the upload to a temporary file and :meth:`decode_saved` it; the file is deleted afterwards."""
@@ -211,12 +242,13 @@ def probe_path(path: Path, limits: MediaLimits) -> ProbeInfo:
         return probe(path, limits)
 
 
-def decode_path(path: Path, manifest: Manifest, limits: MediaLimits, stop: Callable[[], bool] | None = None,
-                threads: int = 0) -> Windows:
-    """The model's windows of a saved upload; ``stop`` can end it early (:class:`~app.admission.Stopped`)."""
+def decode_file(path: Path, clip: ClipSpec, limits: MediaLimits, stop: Callable[[], bool] | None = None,
+                threads: int = 0) -> Decoded:
+    """A saved upload decoded at a clip spec's fps, size and rate; ``stop`` can end it early
+    (:class:`~app.admission.Stopped`)."""
     with _upload_errors(path):
         try:
-            return load_windows(path, manifest.clip, limits, stop, threads)
+            return decode(path, clip, limits, stop, threads)
         except DecodeStopped as exc:
             w = work()
             raise Stopped(w.reason if w is not None and w.reason else "decoding was stopped") from exc

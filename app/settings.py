@@ -47,6 +47,11 @@ class Settings(BaseSettings):
                                        "queued or in inference); one larger request is admitted when the model is idle")
     max_requests_in_flight: int = Field(default=4, ge=1, description="per model: requests admitted at once")
     max_upload_held_mb: float = Field(default=1024.0, gt=0, description="request bodies held at once, in MiB")
+    async_threshold_s: float = Field(default=60.0, ge=0, description="POST /v1/separations and /v1/analyze "
+                                     "answer 202 with a job for videos longer than this (or asked to: "
+                                     "Prefer: respond-async)")
+    max_jobs: int = Field(default=16, ge=1, description="jobs queued or running at once; more are refused with 503")
+    job_workers: int = Field(default=1, ge=1, description="jobs run at once")
     request_deadline_s: float = Field(default=120.0, ge=0, description="a request still working after this long "
                                       "is stopped and answered 503; 0: no deadline")
     results_dir: Path = Field(default=Path(tempfile.gettempdir()) / "avscene-results",
