@@ -143,6 +143,15 @@ class ModelBudget:
         share = max(self.windows / max(self.max_windows, 1), self.requests / max(self.max_requests, 1))
         return self.service_s * min(1.0, share)
 
+    def full(self) -> Refused | None:
+        """A refusal if the model takes no more requests, whatever their size (checked before reading an upload)."""
+        if self.requests < self.max_requests:
+            return None
+        self.refused += 1
+        return Refused(f"the {self.name} model is busy: {self.requests} requests hold {self.windows} windows (at most "
+                       f"{self.max_requests} requests); retry later, or send it as a job (Prefer: respond-async)",
+                       self.retry_after_s())
+
     def admit(self, windows: int) -> Ticket:
         if not self._fits(windows):
             self.refused += 1
@@ -221,13 +230,15 @@ class AdmissionMiddleware:
     def __init__(self, app: ASGIApp, bytes_budget: ByteBudget, deadline_s: float | None,
                  paths: tuple[str, ...] = ("/v1/actions", "/v1/localization", "/v1/separations", "/v1/analyze"),
                  retry_after_s: Callable[[], float] = lambda: 1.0,
-                 stopped: dict[str, int] | None = None) -> None:
+                 stopped: dict[str, int] | None = None,
+                 precheck: Callable[[str], Refused | None] = lambda path: None) -> None:
         self.app = app
         self.stopped = stopped if stopped is not None else {}
         self.bytes = bytes_budget
         self.deadline_s = deadline_s
         self.paths = paths
         self.retry_after_s = retry_after_s
+        self.precheck = precheck
 
     def _guarded(self, scope: Scope) -> bool:
         return scope["type"] == "http" and scope["method"] == "POST" and scope["path"].rstrip("/") in self.paths
@@ -250,6 +261,10 @@ class AdmissionMiddleware:
                     declared = int(value)
                 except ValueError:
                     declared = -1
+        refused = self.precheck(scope["path"].rstrip("/"))
+        if refused is not None:  # the model takes no more requests now: refuse before reading the upload
+            await self._refuse(send, refused)
+            return
         reserved = 0
         if declared > 0:
             if not self.bytes.reserve(declared):
@@ -288,6 +303,9 @@ class AdmissionMiddleware:
         async def tracking_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 state["started"] = True
+                # the work is done once its answer exists: give its windows back before the client, answered,
+                # can send its next request
+                work_.release()
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 state["finished"] = True
             if work_.reason == "the client disconnected":
@@ -344,4 +362,4 @@ def install(app: FastAPI, service: ServiceState) -> None:
     deadline = service.settings.request_deadline_s or None
     assert service.upload_bytes is not None
     app.add_middleware(AdmissionMiddleware, bytes_budget=service.upload_bytes, deadline_s=deadline,
-                       retry_after_s=service.retry_after_s, stopped=service.stopped)
+                       retry_after_s=service.retry_after_s, stopped=service.stopped, precheck=service.precheck)

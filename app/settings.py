@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     max_concurrent_decodes: int = Field(default=2, ge=1)
     decode_threads: int = Field(default=0, ge=0, description="FFmpeg video decoder threads; 0 lets FFmpeg choose")
     # admission control (app/admission.py): beyond these bounds the answer is an immediate 503 with Retry-After
-    max_windows_in_flight: int = Field(default=256, ge=1, description="per model: windows admitted (decoding, "
+    max_windows_in_flight: int = Field(default=320, ge=1, description="per model: windows admitted (decoding, "
                                        "queued or in inference); one larger request is admitted when the model is idle")
     max_requests_in_flight: int = Field(default=4, ge=1, description="per model: requests admitted at once")
     max_upload_held_mb: float = Field(default=1024.0, gt=0, description="request bodies held at once, in MiB")

@@ -419,8 +419,18 @@ def load_windows(source: Source, spec: ClipSpec, limits: MediaLimits = MediaLimi
 
 
 def normalize_video(video: np.ndarray, spec: ClipSpec) -> np.ndarray:
-    """uint8 (..., T, H, W, 3) -> float32 (..., 3, T, H, W) normalised as the spec says."""
-    x = video.astype(np.float32) * (1.0 / 255.0)
-    x -= np.asarray(spec.pixel_mean, dtype=np.float32)
-    x /= np.asarray(spec.pixel_std, dtype=np.float32)
-    return np.ascontiguousarray(np.moveaxis(x, -1, -4))
+    """uint8 (..., T, H, W, 3) -> float32 (..., 3, T, H, W) normalised as the spec says.
+
+    Written channel by channel into the output (``x / 255``, minus the mean, over the std, each in float32), so the
+    only memory it takes is the output's: no float temporaries of the whole video.
+    """
+    video = np.asarray(video)
+    out = np.empty((*video.shape[:-4], 3, *video.shape[-4:-1]), dtype=np.float32)
+    mean = np.asarray(spec.pixel_mean, dtype=np.float32)
+    std = np.asarray(spec.pixel_std, dtype=np.float32)
+    for c in range(3):
+        channel = out[..., c, :, :, :]
+        np.multiply(video[..., c], np.float32(1.0 / 255.0), out=channel, dtype=np.float32)
+        channel -= mean[c]
+        channel /= std[c]
+    return out

@@ -216,6 +216,16 @@ def test_normalize_video(clip_spec):
     assert single.shape == (3, 8, 2, 3) and np.array_equal(single, x[0])
 
 
+def test_normalize_video_is_the_whole_array_formula_bit_for_bit(clip_spec):
+    """Channel by channel into the output, the same float32 operations as on the whole array at once."""
+    spec = clip_spec(pixel_mean=(0.45, 0.5, 0.55), pixel_std=(0.22, 0.25, 0.3))
+    video = np.random.default_rng(0).integers(0, 256, (3, 4, 24, 40, 3), dtype=np.uint8)
+    whole = video.astype(np.float32) * (1.0 / 255.0)
+    whole -= np.asarray(spec.pixel_mean, dtype=np.float32)
+    whole /= np.asarray(spec.pixel_std, dtype=np.float32)
+    np.testing.assert_array_equal(media.normalize_video(video, spec), np.moveaxis(whole, -1, -4))
+
+
 # ---------------------------------------------------------------- limits and bad input
 
 
