@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.inference import BatcherClosed
 from model_store.media import MediaError
@@ -97,6 +98,37 @@ async def _unhandled_error(request: Request, exc: Exception) -> ProblemResponse:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response(500, "an internal error occurred; it has been logged", "internal",
                             "Internal Server Error")
+
+
+class InternalErrorMiddleware:
+    """Answers an exception no handler took with a 500 problem, and keeps the connection open.
+
+    Starlette's outermost middleware answers such errors too, but re-raises them afterwards, and the server then
+    closes the connection under the client's next request. Added innermost, this one answers first; an error
+    after the answer has started still propagates (the connection cannot carry on then).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:
+                raise
+            response = await _unhandled_error(Request(scope), exc)
+            await response(scope, receive, send)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -1,4 +1,6 @@
-"""On-disk store of separation results, kept for a configured time and then removed.
+"""Separation results kept on disk (:class:`JobStore`), and long requests run as jobs (:class:`JobRunner`).
+
+Separation results: kept for a configured time and then removed.
 
 Layout: ``<root>/<id>/{job.json, on_screen.wav, off_screen.wav, on_screen.flac, off_screen.flac}``. A job is
 written into ``<root>/.staging-<id>`` (files fsynced) and renamed into place, so a reader sees a whole job or
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -17,13 +20,16 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import anyio
 import numpy as np
 import soundfile as sf
+
+from app.admission import Stopped, Work, current_work
+from model_store.media import MediaError
 
 log = logging.getLogger(__name__)
 
@@ -158,3 +164,235 @@ class JobStore:
 def _fsync(path: Path) -> None:
     with open(path, "rb+") as fh:
         os.fsync(fh.fileno())
+
+
+# ---------------------------------------------------------------- long work as jobs (202 + Location)
+
+JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
+FINISHED = ("done", "failed", "cancelled")
+JobFn = Callable[[Work, Path], Awaitable[dict]]  # (the job's Work, its upload) -> the result's JSON
+
+
+class JobsFull(Exception):
+    """The job queue holds its maximum of queued and running jobs."""
+
+
+@dataclass
+class JobRecord:
+    """A job's state as clients see it; ``result`` (the answer's JSON) is set only together with ``done``."""
+
+    id: str
+    kind: str
+    status: str
+    created_at: float
+    progress: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    detail: str | None = None
+    result: dict | None = None
+
+
+class JobRunner:
+    """Long requests as jobs: a bounded FIFO of jobs run by ``workers`` tasks, each job's record on disk.
+
+    Layout: ``<root>/<id>.json`` (the record, replaced atomically: written aside, fsynced, renamed) and
+    ``<root>/<id>.upload`` (the upload, until the job ends). A record reads ``done`` only once its whole result is
+    in it. At start (:meth:`recover`), jobs a previous process left ``queued`` or ``running`` are marked
+    ``failed`` and their uploads removed: their work died with that process. Finished records are removed
+    ``ttl_s`` after they finish.
+    """
+
+    def __init__(self, root: str | Path, max_jobs: int, workers: int, ttl_s: float,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.root = Path(root)
+        self.max_jobs = max_jobs
+        self.workers = workers
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self._records: dict[str, JobRecord] = {}
+        self._work: dict[str, Work] = {}
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._queue: asyncio.Queue[tuple[str, JobFn]] | None = None
+        self._workers: list[asyncio.Task] = []
+
+    # -- records
+    def _path(self, job_id: str) -> Path:
+        if not _ID.match(job_id):
+            raise JobNotFound(job_id)
+        return self.root / f"{job_id}.json"
+
+    def upload_path(self, job_id: str) -> Path:
+        return self.root / f"{job_id}.upload"
+
+    def _save(self, record: JobRecord) -> None:
+        path = self._path(record.id)
+        tmp = path.with_suffix(f".tmp-{uuid.uuid4().hex[:8]}")
+        with open(tmp, "w") as fh:
+            json.dump(asdict(record), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    def get(self, job_id: str) -> JobRecord:
+        if job_id in self._records:
+            return self._records[job_id]
+        try:
+            return JobRecord(**json.loads(self._path(job_id).read_text()))
+        except (FileNotFoundError, ValueError, TypeError) as exc:
+            raise JobNotFound(job_id) from exc
+
+    def active(self) -> int:
+        return sum(r.status in ("queued", "running") for r in self._records.values())
+
+    def recover(self) -> int:
+        """Mark the jobs a previous process left unfinished as failed; returns how many."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        failed = 0
+        for path in self.root.iterdir():
+            if path.name.endswith(".upload") or ".tmp-" in path.name:
+                path.unlink(missing_ok=True)
+                continue
+            if not (path.suffix == ".json" and _ID.match(path.stem)):
+                continue
+            try:
+                record = JobRecord(**json.loads(path.read_text()))
+            except (OSError, ValueError, TypeError):
+                continue
+            if record.status not in FINISHED:
+                was = record.status
+                record.status, record.finished_at, record.result = "failed", self.clock(), None
+                record.detail = f"the service restarted while the job was {was}; submit it again"
+                self._save(record)
+                failed += 1
+        if failed:
+            log.warning("marked %d job(s) failed: the service restarted before they finished", failed)
+        return failed
+
+    def sweep(self) -> int:
+        """Remove records that finished more than ``ttl_s`` ago; returns how many."""
+        if not self.root.is_dir():
+            return 0
+        now, removed = self.clock(), 0
+        for path in self.root.glob("*.json"):
+            try:
+                record = JobRecord(**json.loads(path.read_text()))
+            except (OSError, ValueError, TypeError):
+                continue
+            if record.status in FINISHED and record.finished_at is not None and now - record.finished_at > self.ttl_s:
+                path.unlink(missing_ok=True)
+                self._records.pop(record.id, None)
+                removed += 1
+        return removed
+
+    # -- running
+    async def start(self) -> None:
+        await anyio.to_thread.run_sync(self.recover)
+        self._queue = asyncio.Queue()
+        self._workers = [asyncio.create_task(self._serve(), name=f"jobs-{i}") for i in range(self.workers)]
+
+    async def stop(self) -> None:
+        """Cancel the workers and every unfinished job; their records say failed (the service stopped)."""
+        for task in self._workers:
+            task.cancel()
+        for job_id, task in list(self._tasks.items()):
+            self._work[job_id].cancel("the service stopped while the job was running")
+            task.cancel()
+        for task in [*self._workers, *self._tasks.values()]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._workers.clear()
+        for record in self._records.values():
+            if record.status not in FINISHED:
+                self._finish(record, "failed", f"the service stopped while the job was {record.status}")
+
+    def submit(self, kind: str, run: JobFn, upload: Path | None = None) -> JobRecord:
+        """Queue ``run`` as a job (``upload``, if given, moves into the job's keeping); :class:`JobsFull` if the
+        queue is full."""
+        if self._queue is None:
+            raise JobsFull("the job queue is not running")
+        if self.active() >= self.max_jobs:
+            raise JobsFull(f"{self.active()} jobs are queued or running (at most {self.max_jobs})")
+        record = JobRecord(id=uuid.uuid4().hex, kind=kind, status="queued", created_at=self.clock())
+        if upload is not None:
+            shutil.move(upload, self.upload_path(record.id))
+        self._save(record)
+        self._records[record.id] = record
+        self._queue.put_nowait((record.id, run))
+        log.info("job %s (%s) queued", record.id, kind)
+        return record
+
+    async def cancel(self, job_id: str) -> JobRecord:
+        """Stop a queued or running job; it ends ``cancelled``."""
+        record = self.get(job_id)
+        if record.status in FINISHED:
+            return record
+        if job_id in self._tasks:
+            self._work[job_id].cancel("cancelled by the client")
+            task = self._tasks[job_id]
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if record.status not in FINISHED:
+            self._finish(record, "cancelled", "cancelled by the client")
+        return record
+
+    def delete(self, job_id: str) -> None:
+        """Remove a finished job's record."""
+        record = self.get(job_id)
+        if record.status not in FINISHED:
+            raise ValueError(f"job {job_id} is {record.status}; cancel it first")
+        self._path(job_id).unlink(missing_ok=True)
+        self._records.pop(job_id, None)
+
+    def _finish(self, record: JobRecord, status: str, detail: str | None = None, result: dict | None = None) -> None:
+        record.status, record.detail, record.result, record.finished_at = status, detail, result, self.clock()
+        if status == "done":
+            record.progress = 1.0
+        self.upload_path(record.id).unlink(missing_ok=True)
+        self._save(record)
+        log.info("job %s (%s) %s%s", record.id, record.kind, status, f": {detail}" if detail else "")
+
+    async def _serve(self) -> None:
+        assert self._queue is not None
+        while True:
+            job_id, run = await self._queue.get()
+            record = self._records.get(job_id)
+            if record is None or record.status != "queued":
+                continue  # cancelled while queued
+            work_ = Work(on_progress=lambda f, r=record: setattr(r, "progress", round(max(r.progress, f), 4)))
+            self._work[job_id] = work_
+            record.status, record.started_at = "running", self.clock()
+            self._save(record)
+            # the job runs in a context of its own: its Work, not the submitting request's
+            context = contextvars.copy_context()
+            context.run(current_work.set, work_)
+            task = asyncio.get_running_loop().create_task(run(work_, self.upload_path(job_id)), context=context)
+            self._tasks[job_id] = task
+            try:
+                result = await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if not task.done():  # the worker itself is being cancelled (shutdown): stop() finishes the job
+                    raise
+                if record.status not in FINISHED:
+                    self._finish(record, "cancelled", work_.reason or "cancelled")
+            except MediaError as exc:
+                self._finish(record, "failed", exc.detail)
+            except Stopped as exc:
+                self._finish(record, "cancelled" if "client" in exc.reason else "failed", exc.reason)
+            except Exception:
+                log.exception("job %s (%s) failed", job_id, record.kind)
+                self._finish(record, "failed", "an internal error occurred; it has been logged")
+            else:
+                self._finish(record, "done", result=result)
+            finally:
+                work_.release()
+                self._tasks.pop(job_id, None)
+                self._work.pop(job_id, None)
+
+    async def run_sweeper(self, interval_s: float) -> None:
+        while True:
+            try:
+                await anyio.to_thread.run_sync(self.sweep)
+            except Exception:
+                log.exception("sweeping jobs in %s failed", self.root)
+            await asyncio.sleep(interval_s)

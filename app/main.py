@@ -8,17 +8,19 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.errors import install_error_handlers
+from app import admission
+from app.errors import InternalErrorMiddleware, install_error_handlers
 from app.limits import UploadLimitMiddleware
 from app.metrics import MetricsMiddleware, RequestMetrics
-from app.routers import actions, health, localization, metrics, models, separations
+from app.routers import actions, analyze, health, jobs, localization, metrics, models, separations
 from app.service import ServiceState
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
 # one router per resource; /v1/localization and /v1/separations join here
-ROUTERS = (health.router, metrics.router, models.router, actions.router, localization.router, separations.router)
+ROUTERS = (health.router, metrics.router, models.router, actions.router, localization.router, separations.router,
+           analyze.router, jobs.router)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -48,6 +50,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.service = service
     install_error_handlers(app)
+    app.add_middleware(InternalErrorMiddleware)  # innermost: a 500 that keeps the connection
+    admission.install(app, service)  # upload bytes held, deadlines, disconnects; 503 + Retry-After
     app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.state.request_metrics = RequestMetrics()
     app.add_middleware(MetricsMiddleware, metrics=app.state.request_metrics)  # outermost: sees 413s too

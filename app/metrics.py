@@ -88,4 +88,22 @@ def render(metrics: RequestMetrics, service) -> str:
     for key, (name, help_text) in counters.items():
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
         lines += [f"{name}{_labels(task=task)} {s[key]}" for task, s in stats.items()]
+    budgets = sorted(service.budgets.items())
+    for name, attr, kind, help_text in (
+        ("avscene_admitted_windows", "windows", "gauge", "Windows admitted per model (decoding, queued, running)."),
+        ("avscene_admitted_requests", "requests", "gauge", "Requests admitted per model."),
+        ("avscene_admission_refused_total", "refused", "counter", "Requests refused with 503 (model budget full)."),
+    ):
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+        lines += [f"{name}{_labels(task=task)} {getattr(b, attr)}" for task, b in budgets]
+    uploads = service.upload_bytes
+    lines += ["# HELP avscene_upload_bytes_held Request bodies held by requests in flight.",
+              "# TYPE avscene_upload_bytes_held gauge", f"avscene_upload_bytes_held {uploads.held if uploads else 0}",
+              "# HELP avscene_uploads_refused_total Requests refused with 503 (upload bytes full).",
+              "# TYPE avscene_uploads_refused_total counter",
+              f"avscene_uploads_refused_total {uploads.refused if uploads else 0}",
+              "# HELP avscene_stopped_total Requests stopped early, by reason (deadline, disconnect).",
+              "# TYPE avscene_stopped_total counter"]
+    lines += [f"avscene_stopped_total{_labels(reason=r)} {service.stopped.get(r, 0)}"
+              for r in ("deadline", "disconnect")]
     return "\n".join(lines) + "\n"

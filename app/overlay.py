@@ -7,7 +7,9 @@ upsampled bilinearly. The overlay's opacity follows the heatmap, so cold regions
 
 from __future__ import annotations
 
+import functools
 import io
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import av
 import numpy as np
 
 from model_store.heatmaps import Heatmaps, upsample
-from model_store.media import MediaError
+from model_store.media import FrameScaler, MediaError, open_media, video_stream
 
 # (position, RGB) stops of a perceptually ordered map: dark blue -> blue -> cyan -> yellow -> red
 _STOPS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
@@ -57,8 +59,9 @@ def output_size(width: int, height: int, max_side: int) -> tuple[int, int]:
 
 def _video_frames(container: av.container.InputContainer, size: tuple[int, int]):
     """(t_s relative to the first frame, uint8 RGB frame) for every decoded frame."""
-    stream = container.streams.video[0]
+    stream = video_stream(container)
     stream.thread_type = "AUTO"
+    scale = FrameScaler(*size)
     t0 = None
     n = 0
     rate = stream.average_rate or stream.guessed_rate or 25
@@ -66,15 +69,32 @@ def _video_frames(container: av.container.InputContainer, size: tuple[int, int])
         t = float(frame.time) if frame.time is not None else n / float(rate)
         n += 1
         t0 = t if t0 is None else t0
-        yield t - t0, frame.to_ndarray(width=size[0], height=size[1], format="rgb24")
+        yield t - t0, scale(frame)
 
 
+def _media_errors(render: Callable[..., bytes]) -> Callable[..., bytes]:
+    """FFmpeg's failures on the upload (and PyAV's ValueErrors, e.g. audio that changes format midway) are the
+    upload's problem: a 422, not a 500."""
+
+    @functools.wraps(render)
+    def wrapper(*args, **kwargs) -> bytes:
+        try:
+            return render(*args, **kwargs)
+        except MediaError:
+            raise
+        except (av.FFmpegError, ValueError) as exc:
+            raise MediaError(f"the video could not be drawn over ({getattr(exc, 'strerror', None) or exc})") from exc
+
+    return wrapper
+
+
+@_media_errors
 def render_png(path: str | Path, maps: Heatmaps, t_s: float, max_side: int = 1280) -> bytes:
     """The video's frame shown at ``t_s`` (the last frame at or before it) with the heatmap at ``t_s``."""
     from PIL import Image
 
-    with av.open(str(path)) as container:
-        ctx = container.streams.video[0].codec_context
+    with open_media(path) as container:
+        ctx = video_stream(container).codec_context
         size = output_size(ctx.width, ctx.height, max_side) if max(ctx.width, ctx.height) > max_side else (
             ctx.width, ctx.height)
         chosen = None
@@ -89,11 +109,12 @@ def render_png(path: str | Path, maps: Heatmaps, t_s: float, max_side: int = 128
     return buf.getvalue()
 
 
+@_media_errors
 def render_mp4(path: str | Path, maps: Heatmaps, max_side: int = 640) -> bytes:
     """The whole video with the heatmap drawn over every frame (h264), and its original audio (AAC)."""
     out = io.BytesIO()
-    with av.open(str(path)) as src, av.open(out, mode="w", format="mp4") as dst:
-        vin = src.streams.video[0]
+    with open_media(path) as src, av.open(out, mode="w", format="mp4") as dst:
+        vin = video_stream(src)
         size = output_size(vin.codec_context.width, vin.codec_context.height, max_side)
         rate = Fraction(vin.average_rate or vin.guessed_rate or 25).limit_denominator(1001)
         if rate > 60:

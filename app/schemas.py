@@ -148,3 +148,31 @@ class SeparationJob(BaseModel):
     formats: list[str] = ["wav", "flac"]
     created_at: datetime
     expires_at: datetime
+
+
+class JobStatus(BaseModel):
+    """A long request run as a job: poll it at ``location``; ``result`` holds the answer once ``status`` is
+    ``done`` (for ``analyze`` an :class:`AnalyzeResponse`, for ``separation`` a :class:`SeparationJob`)."""
+
+    id: str
+    kind: Literal["analyze", "separation"]
+    status: Literal["queued", "running", "done", "failed", "cancelled"]
+    progress: float = Field(ge=0, le=1, description="share of the work done (decoding, then each analysis)")
+    location: str = Field(description="where to poll this job (GET) or cancel it (DELETE)")
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    detail: str | None = Field(default=None, description="why it failed or was cancelled")
+    result: dict | None = None
+
+
+class AnalyzeResponse(BaseModel):
+    """Every loaded analysis of one upload, decoded once per distinct clip spec: what happens (``actions``), where
+    the sound comes from (``localization``), what is heard on and off screen (``separation``). An analysis whose
+    model is not loaded is null."""
+
+    duration_s: float
+    has_audio: bool
+    actions: ActionResponse | None = None
+    localization: LocalizationResponse | None = None
+    separation: SeparationJob | None = None

@@ -3,22 +3,39 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
+import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 import anyio
+import av
 from fastapi import HTTPException
 
+from app.admission import ByteBudget, ModelBudget, Refused, Stopped, work
 from app.inference import MicroBatcher
-from app.jobs import JobStore
+from app.jobs import JobRunner, JobStore
 from app.settings import Settings
-from model_store.manifest import Manifest
-from model_store.media import MediaError, MediaLimits, Windows, load_windows
+from model_store.manifest import ClipSpec, Manifest
+from model_store.media import (
+    Decoded,
+    DecodeStopped,
+    MediaError,
+    MediaLimits,
+    ProbeInfo,
+    Windows,
+    cut_windows,
+    decode,
+    probe,
+    window_starts,
+)
 from model_store.registry import ModelStore, RegistryError
 from model_store.runtime import LoadedModel, load_model
 
@@ -32,6 +49,10 @@ REQUIRED_IO: dict[str, tuple[set[str], set[str]]] = {
 }
 
 
+# routes answered synchronously by one model: their requests are refused before the upload is read when it is full
+ROUTE_TASKS = {"/v1/actions": "action", "/v1/localization": "avsync"}
+
+
 @dataclass
 class ServiceState:
     settings: Settings
@@ -41,7 +62,15 @@ class ServiceState:
     ready: bool = False
     decode_slots: asyncio.Semaphore | None = None
     jobs: JobStore | None = None  # separation results on disk, swept after results_ttl_s
+    job_runner: JobRunner | None = None  # long requests as jobs (202 + Location), records under results_dir/jobs
+    budgets: dict[str, ModelBudget] = field(default_factory=dict)  # admission: windows and requests per model
+    upload_bytes: ByteBudget | None = None  # admission: request bodies held (app.admission.AdmissionMiddleware)
+    stopped: dict[str, int] = field(default_factory=dict)  # requests stopped early, by "deadline" / "disconnect"
     _sweeper: asyncio.Task | None = None
+    _job_sweeper: asyncio.Task | None = None
+
+    def __post_init__(self) -> None:
+        self.upload_bytes = ByteBudget(self.settings.max_upload_held_bytes)
 
     @property
     def media_limits(self) -> MediaLimits:
@@ -54,9 +83,13 @@ class ServiceState:
         Any failure (missing, tampered or unloadable model) raises, so the process does not start serving.
         """
         s = self.settings
+        _fixed_mmap_threshold()
         self.decode_slots = asyncio.Semaphore(s.max_concurrent_decodes)
         self.jobs = JobStore(s.results_dir, s.results_ttl_s)
         self._sweeper = asyncio.create_task(self.jobs.run_sweeper(s.results_sweep_s), name="results-sweeper")
+        self.job_runner = JobRunner(Path(s.results_dir) / "jobs", s.max_jobs, s.job_workers, s.results_ttl_s)
+        await self.job_runner.start()
+        self._job_sweeper = asyncio.create_task(self.job_runner.run_sweeper(s.results_sweep_s), name="jobs-sweeper")
         self.store = store = ModelStore(s.model_root)
         tasks = s.tasks if s.tasks is not None else await anyio.to_thread.run_sync(self.store.tasks)
         if not tasks:
@@ -71,15 +104,19 @@ class ServiceState:
             batcher = MicroBatcher(model.run, s.max_batch, s.batch_timeout_ms / 1000.0, name=task)
             await batcher.start()
             self.batchers[task] = batcher
+            self.budgets[task] = ModelBudget(task, s.max_windows_in_flight, s.max_requests_in_flight)
             m = model.manifest
             log.info("serving %s: %s v%d on %s", task, m.name, m.version, model.providers)
         self.ready = bool(self.models)
 
     async def stop(self) -> None:
         self.ready = False
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
+        if self.job_runner is not None:
+            await self.job_runner.stop()
+        for sweeper in (self._sweeper, self._job_sweeper):
+            if sweeper is not None:
+                sweeper.cancel()
+        self._sweeper = self._job_sweeper = None
         for batcher in self.batchers.values():
             await batcher.stop()
         self.batchers.clear()
@@ -90,12 +127,94 @@ class ServiceState:
             raise HTTPException(503, f"no {task} model is loaded by this service")
         return self.models[task]
 
-    async def decode_upload(self, upload: IO[bytes], manifest: Manifest) -> Windows:
-        """Copy the upload to a temporary file and decode it into the model's windows, in a worker thread,
-        with at most ``max_concurrent_decodes`` decodes at a time. The file is deleted afterwards."""
+    def precheck(self, path: str) -> Refused | None:
+        """Before an upload is read: a refusal if a model the route needs takes no more requests. (Jobs are not
+        refused here: ``/v1/analyze`` and ``/v1/separations`` may queue one; their admission waits.)"""
+        task = ROUTE_TASKS.get(path)
+        budget = self.budgets.get(task) if task is not None else None
+        return budget.full() if budget is not None else None
+
+    def retry_after_s(self) -> float:
+        """When a refused client might find room: the slowest model's estimate."""
+        return max((b.retry_after_s() for b in self.budgets.values()), default=1.0)
+
+    async def admit(self, manifest: Manifest, info: ProbeInfo, wait: bool = False) -> int:
+        """Admit a probed video's windows to its model's budget for the current request or job (given back when it
+        ends): at once or :class:`~app.admission.Refused` (503), or, with ``wait`` (jobs), when there is room.
+        Returns the windows counted."""
+        windows = expected_windows(info, manifest.clip, self.media_limits)
+        budget = self.budgets.get(manifest.task)
+        if budget is not None and work() is not None:
+            if wait:
+                await budget.wait_admit(windows)
+            else:
+                budget.admit(windows)
+        return windows
+
+    async def decode_many(self, path: Path, manifests: list[Manifest], wait: bool = False) -> dict[str, Windows]:
+        """Each model's windows of a saved upload: probe (headers only), admit every model's windows (see
+        :meth:`admit`), then decode once per distinct (fps, size, sample rate) and cut each model's windows from
+        that. Decodes run in worker threads, at most ``max_concurrent_decodes`` at a time, and stop early if the
+        current request's deadline passes, its client goes away or its job is cancelled."""
         assert self.decode_slots is not None
-        async with self.decode_slots:
-            return await anyio.to_thread.run_sync(_decode_via_tempfile, upload, manifest, self.media_limits)
+        info = await anyio.to_thread.run_sync(probe_path, path, self.media_limits)
+        for manifest in manifests:
+            await self.admit(manifest, info, wait)
+        w = work()
+        # decode no further than the probe promised (a header that understates the length must not overfill memory)
+        limit = self.media_limits.max_duration_s
+        if math.isfinite(info.duration_s):
+            limit = min(limit, info.duration_s * 1.05 + 2.0)
+        limits = MediaLimits(max_duration_s=limit, max_pixels=self.settings.max_pixels)
+        groups: dict[tuple, list[Manifest]] = {}
+        for manifest in manifests:
+            c = manifest.clip
+            groups.setdefault((c.fps, c.height, c.width, c.sample_rate), []).append(manifest)
+        out: dict[str, Windows] = {}
+        for i, group in enumerate(groups.values()):
+            async with self.decode_slots:
+                if w is not None:
+                    w.check()
+                decoded = await anyio.to_thread.run_sync(decode_file, path, group[0].clip, limits,
+                                                         w.should_stop if w is not None else None,
+                                                         self.settings.decode_threads)
+            for manifest in group:
+                out[manifest.task] = cut_windows(decoded, manifest.clip)
+            del decoded
+            if w is not None:
+                w.progress(0.5 * (i + 1) / len(groups))
+        return out
+
+    async def decode_saved(self, path: Path, manifest: Manifest) -> Windows:
+        """One model's windows of a saved upload (:meth:`decode_many`)."""
+        return (await self.decode_many(path, [manifest]))[manifest.task]
+
+    async def decode_upload(self, upload: IO[bytes], manifest: Manifest) -> Windows:
+        """Copy the upload to a temporary file and :meth:`decode_saved` it; the file is deleted afterwards."""
+        path = await anyio.to_thread.run_sync(save_upload, upload)
+        try:
+            return await self.decode_saved(path, manifest)
+        finally:
+            path.unlink(missing_ok=True)
+
+
+def _fixed_mmap_threshold(threshold: int = 1 << 20) -> None:
+    """glibc serves allocations above the mmap threshold with their own mappings, returned to the system when freed;
+    but it raises the threshold to the size of each mapped block freed, so after one request's arrays are freed the
+    next request's land on the heap, where freed memory stays in the process. A fixed threshold keeps the decoded
+    windows and feeds (MBs each) mapped, so RSS falls back after every request (about 100 MB less peak RSS after
+    a few 5-minute videos). No-op where there is no glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, threshold)  # M_MMAP_THRESHOLD (setting it turns the dynamic threshold off)
+    except (OSError, AttributeError):
+        pass
+
+
+def expected_windows(info: ProbeInfo, clip: ClipSpec, limits: MediaLimits) -> int:
+    """The windows a probed video will give (a video of unknown length counts as the longest accepted)."""
+    duration = info.duration_s if math.isfinite(info.duration_s) else limits.max_duration_s
+    return len(window_starts(max(duration, 0.0), clip))
 
 
 def _check_io(manifest: Manifest) -> None:
@@ -126,17 +245,36 @@ def save_upload(upload: IO[bytes]) -> Path:
     return path
 
 
-def decode_path(path: Path, manifest: Manifest, limits: MediaLimits) -> Windows:
-    """The model's windows of a saved upload; errors never show the server's temporary path."""
-    try:
-        return load_windows(path, manifest.clip, limits)
-    except MediaError as exc:
-        raise MediaError(exc.detail.replace(str(path), "<upload>"), status=exc.status) from exc
+def _upload_errors(path: Path) -> contextlib.AbstractContextManager:
+    """Media errors without the server's temporary path; unforeseen decoder failures as 422, not 500."""
+
+    @contextlib.contextmanager
+    def scope():
+        try:
+            yield
+        except MediaError as exc:
+            raise MediaError(exc.detail.replace(str(path), "<upload>"), status=exc.status) from exc
+        except (av.FFmpegError, ValueError, ArithmeticError, IndexError, OverflowError) as exc:
+            # FFmpeg and PyAV meeting a file in a way decode() does not foresee: the upload's problem
+            log.warning("decoding an upload failed: %r", exc, exc_info=exc)
+            raise MediaError("the file could not be decoded") from exc
+
+    return scope()
 
 
-def _decode_via_tempfile(upload: IO[bytes], manifest: Manifest, limits: MediaLimits) -> Windows:
-    path = save_upload(upload)
-    try:
-        return decode_path(path, manifest, limits)
-    finally:
-        path.unlink(missing_ok=True)
+def probe_path(path: Path, limits: MediaLimits) -> ProbeInfo:
+    """A saved upload's headers, checked against ``limits``."""
+    with _upload_errors(path):
+        return probe(path, limits)
+
+
+def decode_file(path: Path, clip: ClipSpec, limits: MediaLimits, stop: Callable[[], bool] | None = None,
+                threads: int = 0) -> Decoded:
+    """A saved upload decoded at a clip spec's fps, size and rate; ``stop`` can end it early
+    (:class:`~app.admission.Stopped`)."""
+    with _upload_errors(path):
+        try:
+            return decode(path, clip, limits, stop, threads)
+        except DecodeStopped as exc:
+            w = work()
+            raise Stopped(w.reason if w is not None and w.reason else "decoding was stopped") from exc

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Request
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from model_store import DEFAULT_ROOT
@@ -41,6 +41,19 @@ class Settings(BaseSettings):
     max_batch: int = Field(default=16, ge=1, description="most windows one ONNX run takes")
     batch_timeout_ms: float = Field(default=5.0, ge=0, description="how long a batch waits for more windows")
     max_concurrent_decodes: int = Field(default=2, ge=1)
+    decode_threads: int = Field(default=0, ge=0, description="FFmpeg video decoder threads; 0 lets FFmpeg choose")
+    # admission control (app/admission.py): beyond these bounds the answer is an immediate 503 with Retry-After
+    max_windows_in_flight: int = Field(default=320, ge=1, description="per model: windows admitted (decoding, "
+                                       "queued or in inference); one larger request is admitted when the model is idle")
+    max_requests_in_flight: int = Field(default=4, ge=1, description="per model: requests admitted at once")
+    max_upload_held_mb: float = Field(default=1024.0, gt=0, description="request bodies held at once, in MiB")
+    async_threshold_s: float = Field(default=60.0, ge=0, description="POST /v1/separations and /v1/analyze "
+                                     "answer 202 with a job for videos longer than this (or asked to: "
+                                     "Prefer: respond-async)")
+    max_jobs: int = Field(default=16, ge=1, description="jobs queued or running at once; more are refused with 503")
+    job_workers: int = Field(default=1, ge=1, description="jobs run at once")
+    request_deadline_s: float = Field(default=120.0, ge=0, description="a request still working after this long "
+                                      "is stopped and answered 503; 0: no deadline")
     results_dir: Path = Field(default=Path(tempfile.gettempdir()) / "avscene-results",
                               description="where separation tracks are kept until they expire")
     results_ttl_s: float = Field(default=3600.0, gt=0, description="how long separation results are kept")
@@ -64,9 +77,20 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown tasks {unknown}; tasks are {list(TASKS)}")
         return list(dict.fromkeys(value))
 
+    @model_validator(mode="after")
+    def _uploads_fit(self) -> Settings:
+        if self.max_upload_held_mb < self.max_upload_mb:
+            raise ValueError(f"max_upload_held_mb ({self.max_upload_held_mb:g}) must be at least max_upload_mb "
+                             f"({self.max_upload_mb:g}), or the largest accepted upload could never be admitted")
+        return self
+
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * MIB)
+
+    @property
+    def max_upload_held_bytes(self) -> int:
+        return int(self.max_upload_held_mb * MIB)
 
 
 def get_settings(request: Request) -> Settings:

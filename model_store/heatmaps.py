@@ -1,4 +1,4 @@
-"""Reading an ``avsync`` model's class activation maps as sound-source heatmaps (numpy only).
+"""Reading an ``avsync`` model's class activation maps as sound-source heatmaps (numpy and scipy.ndimage).
 
 The service and ``evaluate localization`` both call :func:`video_heatmaps`, so what is scored is what is served:
 
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+from scipy import ndimage
 
 if TYPE_CHECKING:
     from model_store.manifest import HeatmapSpec
@@ -92,16 +93,16 @@ def step_frames(video: np.ndarray, owners: np.ndarray, ks: np.ndarray, steps: in
 
 
 def box_blur(x: np.ndarray, r: int) -> np.ndarray:
-    """Mean over the (2r+1)^2 square around each pixel of the last two axes (edge-padded). r = 0: unchanged."""
+    """Mean over the (2r+1)^2 square around each pixel of the last two axes (edge-padded). r = 0: unchanged.
+
+    Two running sums in float64 (``scipy.ndimage.uniform_filter1d``, ``mode="nearest"`` is the edge padding), then
+    float32: the same numbers as a cumulative-sum box filter, at the cost of one library call per axis.
+    """
+    if r == 0:
+        return np.asarray(x, dtype=np.float32)
     k = 2 * r + 1
-    for axis in (-2, -1):
-        pad = [(0, 0)] * x.ndim
-        pad[axis] = (r, r)
-        c = np.cumsum(np.pad(x, pad, mode="edge"), axis=axis, dtype=np.float64)
-        c = np.concatenate([np.zeros_like(np.take(c, [0], axis=axis)), c], axis=axis)
-        n = x.shape[axis]
-        x = (np.take(c, np.arange(k, k + n), axis=axis) - np.take(c, np.arange(n), axis=axis)) / k
-    return x.astype(np.float32)
+    y = ndimage.uniform_filter1d(np.asarray(x, dtype=np.float64), k, axis=-2, mode="nearest")
+    return ndimage.uniform_filter1d(y, k, axis=-1, mode="nearest").astype(np.float32)
 
 
 def guided_filter(guide: np.ndarray, p: np.ndarray, radius: int, eps: float) -> np.ndarray:

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
+from typing import IO
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from model_store.manifest import ClipSpec
 
@@ -31,6 +35,10 @@ class MediaError(ValueError):
         self.detail = detail
         if status is not None:
             self.status = status
+
+
+class DecodeStopped(Exception):
+    """The caller's ``stop`` callback asked decoding to end early."""
 
 
 @dataclass(frozen=True)
@@ -73,13 +81,98 @@ class Windows:
         return len(self.starts_s)
 
 
-def _open(source: Source) -> av.container.InputContainer:
+# what FFmpeg may read: the file it was given, nothing else. Playlists (hls), concat scripts, IMF, DASH and SDP
+# descriptions name other files or network streams; a demuxer that follows them would let an upload read the
+# server's files (another client's upload) or open sockets. Nested opens go through `io_open`, which refuses
+# all but the source itself, or through protocols, of which none is whitelisted (the source is opened by
+# `io_open`, not by a protocol).
+_NO_PROTOCOLS = {"protocol_whitelist": "none"}
+# demuxers of still pictures and text: FFmpeg opens them as a video stream, but they are not videos
+_STILL_FORMATS = {"image2", "image2pipe"}
+_TEXT_FORMATS = {"tty", "ffmetadata"}
+# a description for files FFmpeg cannot open, from their first bytes (only to word the error)
+_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"<svg", "an SVG vector image"),
+    (b"%PDF", "a PDF document"),
+    (b"#EXTM3U", "an m3u/m3u8 playlist"),
+    (b"ffconcat version", "an ffconcat script"),
+    (b"<!doctype html", "an HTML page"),
+    (b"<html", "an HTML page"),
+    (b"<?xml", "an XML document"),
+)
+
+
+class _ReferenceRefused(PermissionError):
+    """The file asked FFmpeg to open another file or URL."""
+
+
+def _guard(allowed: str | None) -> Callable[[str, int, dict], IO[bytes]]:
+    def io_open(url: str, flags: int, options: dict) -> IO[bytes]:
+        if allowed is not None and url == allowed and not flags & 2:  # AVIO_FLAG_WRITE
+            return open(allowed, "rb")
+        raise _ReferenceRefused(f"refused to open {url!r}")
+
+    return io_open
+
+
+def _describe(source: Source) -> str | None:
+    """What a file that FFmpeg cannot open looks like (SVG, playlist, ...), from its first bytes."""
     try:
         if isinstance(source, bytes | bytearray | memoryview):
-            return av.open(io.BytesIO(bytes(source)), mode="r")
-        return av.open(str(source), mode="r")
+            head = bytes(source[:1024])
+        else:
+            with open(source, "rb") as fh:
+                head = fh.read(1024)
+    except OSError:
+        return None
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith(b"<?xml") and b"<svg" in text:
+        return "an SVG vector image"
+    return next((what for magic, what in _SIGNATURES if text.startswith(magic.lower())), None)
+
+
+def _ffmpeg_reason(exc: BaseException) -> str:
+    """FFmpeg's message without errno numbers or the server-side path."""
+    return str(getattr(exc, "strerror", None) or exc.__class__.__name__)
+
+
+def open_media(source: Source) -> av.container.InputContainer:
+    """Open a file or bytes for reading with FFmpeg, which may read that source and nothing else."""
+    try:
+        if isinstance(source, bytes | bytearray | memoryview):
+            return av.open(io.BytesIO(bytes(source)), mode="r", io_open=_guard(None), options=_NO_PROTOCOLS)
+        return av.open(str(source), mode="r", io_open=_guard(str(source)), options=_NO_PROTOCOLS)
+    except _ReferenceRefused as exc:
+        raise MediaError("not a video: the file refers to other files or URLs (a playlist or similar); upload "
+                         "the video itself", status=415) from exc
     except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
-        raise MediaError(f"not a decodable media file: {exc}", status=415) from exc
+        what = _describe(source)
+        if what is not None:
+            raise MediaError(f"not a video: the file is {what}", status=415) from exc
+        raise MediaError(f"not a decodable media file ({_ffmpeg_reason(exc)})", status=415) from exc
+
+
+def video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
+    """The first video stream that is not a picture attached to the audio (cover art); MediaError if none."""
+    fmt = container.format.name
+    if fmt in _STILL_FORMATS or fmt.endswith("_pipe"):
+        kind = fmt.removesuffix("_pipe") if fmt.endswith("_pipe") else "image"
+        what = "an SVG vector image" if kind == "svg" else f"a still image ({kind})"
+        raise MediaError(f"not a video: the file is {what}", status=415)
+    if fmt in _TEXT_FORMATS:
+        raise MediaError(f"not a video: the file is text ({fmt})", status=415)
+    streams = container.streams
+    videos = [s for s in streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+    if not videos:
+        if streams.video:
+            raise MediaError("not a video: its only picture is cover art attached to the audio", status=415)
+        kinds = sorted({s.type for s in streams})
+        held = f" (it holds {', '.join(kinds)} streams)" if kinds else " (it holds no stream at all)"
+        raise MediaError(f"not a video: the file has no video stream{held}", status=422)
+    video = videos[0]
+    if video.codec_context is None:
+        raise MediaError("not a video this service can decode: FFmpeg has no decoder for its video codec", status=415)
+    return video
 
 
 def _duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float | None:
@@ -92,7 +185,7 @@ def _duration(container: av.container.InputContainer, stream: av.video.stream.Vi
 
 def probe(source: Source, limits: MediaLimits = MediaLimits()) -> ProbeInfo:
     """Read headers only and enforce ``limits``; raises :class:`MediaError` with a user-facing detail."""
-    with _open(source) as container:
+    with open_media(source) as container:
         return _probe_open(container, limits)
 
 
@@ -100,9 +193,7 @@ def _probe_open(container: av.container.InputContainer, limits: MediaLimits) -> 
     streams = container.streams
     if len(streams) > limits.max_streams:
         raise MediaError(f"the file has {len(streams)} streams; at most {limits.max_streams} are accepted")
-    if not streams.video:
-        raise MediaError("the file has no video stream", status=422)
-    video = streams.video[0]
+    video = video_stream(container)
     ctx = video.codec_context
     width, height = int(ctx.width or 0), int(ctx.height or 0)
     if width <= 0 or height <= 0:
@@ -129,15 +220,97 @@ def _probe_open(container: av.container.InputContainer, limits: MediaLimits) -> 
     )
 
 
-def decode(source: Source, spec: ClipSpec, limits: MediaLimits = MediaLimits()) -> Decoded:
-    """Probe, then decode the whole file at the spec's fps, size and sample rate."""
-    with _open(source) as container:
+# PyAV >= 17 scales with a thread pool unless told otherwise (``threads=0``: one thread per core)
+_ONE_THREAD: dict[str, int] = {"threads": 1} if int(av.__version__.split(".")[0]) >= 17 else {}
+
+
+class FrameScaler:
+    """One single-threaded swscale context for a whole decode: frame -> (height, width, 3) uint8 RGB.
+
+    ``VideoFrame.to_ndarray(width=..., ...)`` builds a new reformatter per frame, and on PyAV >= 17 a scaler
+    with a thread per core: that set-up, and its threads fighting the decoder's for the cores, cost more than
+    the scaling itself (the pixels are the same: bilinear either way).
+    """
+
+    def __init__(self, width: int, height: int) -> None:
+        self.width, self.height = width, height
+        self._reformatter = VideoReformatter()
+
+    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        return self._reformatter.reformat(frame, self.width, self.height, "rgb24", **_ONE_THREAD).to_ndarray()
+
+
+class _MonoTrack:
+    """Audio frames -> float32 mono chunks at ``rate``, through the filter graph ``av.AudioResampler`` builds
+    (abuffer -> aformat -> abuffersink, which resamples and downmixes with swresample).
+
+    One output is pulled per pushed frame, and the rest at :meth:`finish`, rather than pulling until the graph says
+    "again" after every frame (an exception each time). A stream whose format, layout or rate changes midway gets a
+    new graph from that frame on (``av.AudioResampler`` raises a ValueError there).
+    """
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self.chunks: list[np.ndarray] = []
+        self._graph: av.filter.Graph | None = None
+        self._key: tuple | None = None
+
+    def _build(self, frame: av.AudioFrame) -> av.filter.Graph:
+        graph = av.filter.Graph()
+        time_base = frame.time_base or Fraction(1, frame.sample_rate)
+        src = graph.add("abuffer", sample_rate=str(frame.sample_rate), sample_fmt=frame.format.name,
+                        channel_layout=frame.layout.name, time_base=str(time_base))
+        fmt = graph.add("aformat", sample_rates=str(self.rate), sample_fmts="flt", channel_layouts="mono")
+        sink = graph.add("abuffersink")
+        src.link_to(fmt)
+        fmt.link_to(sink)
+        graph.configure()
+        return graph
+
+    def _pull(self, limit: int | None = None) -> None:
+        assert self._graph is not None
+        while limit is None or limit > 0:
+            try:
+                out = self._graph.pull()
+            except (EOFError, BlockingIOError):
+                return
+            self.chunks.append(out.to_ndarray()[0])
+            limit = None if limit is None else limit - 1
+
+    def push(self, frame: av.AudioFrame) -> None:
+        key = (frame.format.name, frame.layout.name, frame.sample_rate)
+        if key != self._key:
+            self.finish()
+            self._graph, self._key = self._build(frame), key
+        assert self._graph is not None
+        self._graph.push(frame)
+        self._pull(limit=1)
+
+    def finish(self) -> list[np.ndarray]:
+        if self._graph is not None:
+            self._graph.push(None)
+            self._pull()
+            self._graph, self._key = None, None
+        return self.chunks
+
+
+def decode(source: Source, spec: ClipSpec, limits: MediaLimits = MediaLimits(),
+           stop: Callable[[], bool] | None = None, threads: int = 0) -> Decoded:
+    """Probe, then decode the whole file at the spec's fps, size and sample rate.
+
+    ``stop`` is polled once per packet; when it returns True, :class:`DecodeStopped` is raised (a service stops a
+    request whose client went away or whose deadline passed). ``threads``: the video decoder's threads (0: FFmpeg
+    chooses, one per core and one more).
+    """
+    with open_media(source) as container:
         info = _probe_open(container, limits)
-        vstream = container.streams.video[0]
+        vstream = video_stream(container)
         vstream.thread_type = "AUTO"
+        vstream.codec_context.thread_count = threads
         astream = container.streams.audio[0] if info.has_audio else None
         streams = [vstream] + ([astream] if astream is not None else [])
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=spec.sample_rate)
+        mono = _MonoTrack(spec.sample_rate)
+        to_rgb = FrameScaler(spec.width, spec.height)
 
         step = 1.0 / spec.fps
         src_rate = vstream.average_rate or vstream.guessed_rate
@@ -147,7 +320,6 @@ def decode(source: Source, spec: ClipSpec, limits: MediaLimits = MediaLimits()) 
         prev, prev_rgb = None, None
         t0_video: float | None = None
         t0_audio: float | None = None
-        audio_chunks: list[np.ndarray] = []
         last_video_t = 0.0
         horizon = limits.max_duration_s + 1.0
 
@@ -156,14 +328,17 @@ def decode(source: Source, spec: ClipSpec, limits: MediaLimits = MediaLimits()) 
             # every target time strictly before t_now is shown by `prev`
             while prev is not None and len(frames) * step < t_now - 1e-6:
                 if prev_rgb is None:
-                    prev_rgb = prev.to_ndarray(width=spec.width, height=spec.height, format="rgb24")
+                    prev_rgb = to_rgb(prev)
                 frames.append(prev_rgb)
 
+        vtb = float(vstream.time_base) if vstream.time_base else None
         try:
             for packet in container.demux(*streams):
-                for frame in packet.decode():
-                    if isinstance(frame, av.VideoFrame):
-                        t = float(frame.time) if frame.time is not None else n_src * src_step
+                if stop is not None and stop():
+                    raise DecodeStopped("decoding was stopped")
+                if packet.stream is vstream:
+                    for frame in packet.decode():
+                        t = frame.pts * vtb if frame.pts is not None and vtb else n_src * src_step
                         n_src += 1
                         if t0_video is None:
                             t0_video = t
@@ -176,23 +351,26 @@ def decode(source: Source, spec: ClipSpec, limits: MediaLimits = MediaLimits()) 
                         emit_until(rel)
                         prev, prev_rgb = frame, None
                         last_video_t = rel
-                    else:
+                else:
+                    for frame in packet.decode():
                         if t0_audio is None:
                             t0_audio = float(frame.time) if frame.time is not None else 0.0
-                        for out in resampler.resample(frame):
-                            audio_chunks.append(out.to_ndarray().reshape(-1))
-            if astream is not None:
-                for out in resampler.resample(None):
-                    audio_chunks.append(out.to_ndarray().reshape(-1))
+                        mono.push(frame)
+            audio_chunks = mono.finish()
+        except _ReferenceRefused as exc:
+            raise MediaError("not a video: the file refers to other files or URLs; upload the video itself",
+                             status=415) from exc
         except av.FFmpegError as exc:
-            raise MediaError(f"the file could not be decoded: {exc}") from exc
+            raise MediaError(f"the file could not be decoded ({_ffmpeg_reason(exc)})") from exc
 
         if prev is None:
             raise MediaError("the video stream holds no decodable frame")
+        if n_src == 1:
+            raise MediaError("not a video: the video stream holds a single picture", status=415)
         duration = last_video_t + src_step
         emit_until(duration)
         if not frames:  # shorter than one spec frame
-            frames.append(prev.to_ndarray(width=spec.width, height=spec.height, format="rgb24"))
+            frames.append(to_rgb(prev))
 
     n_samples = int(round(duration * spec.sample_rate))
     audio = np.zeros(n_samples, dtype=np.float32)
@@ -234,13 +412,25 @@ def cut_windows(decoded: Decoded, spec: ClipSpec) -> Windows:
                    has_audio=decoded.has_audio)
 
 
-def load_windows(source: Source, spec: ClipSpec, limits: MediaLimits = MediaLimits()) -> Windows:
-    return cut_windows(decode(source, spec, limits), spec)
+def load_windows(source: Source, spec: ClipSpec, limits: MediaLimits = MediaLimits(),
+                 stop: Callable[[], bool] | None = None, threads: int = 0) -> Windows:
+    """:func:`decode`, then :func:`cut_windows`: the sliding windows of the whole video."""
+    return cut_windows(decode(source, spec, limits, stop, threads), spec)
 
 
 def normalize_video(video: np.ndarray, spec: ClipSpec) -> np.ndarray:
-    """uint8 (..., T, H, W, 3) -> float32 (..., 3, T, H, W) normalised as the spec says."""
-    x = video.astype(np.float32) * (1.0 / 255.0)
-    x -= np.asarray(spec.pixel_mean, dtype=np.float32)
-    x /= np.asarray(spec.pixel_std, dtype=np.float32)
-    return np.ascontiguousarray(np.moveaxis(x, -1, -4))
+    """uint8 (..., T, H, W, 3) -> float32 (..., 3, T, H, W) normalised as the spec says.
+
+    Written channel by channel into the output (``x / 255``, minus the mean, over the std, each in float32), so the
+    only memory it takes is the output's: no float temporaries of the whole video.
+    """
+    video = np.asarray(video)
+    out = np.empty((*video.shape[:-4], 3, *video.shape[-4:-1]), dtype=np.float32)
+    mean = np.asarray(spec.pixel_mean, dtype=np.float32)
+    std = np.asarray(spec.pixel_std, dtype=np.float32)
+    for c in range(3):
+        channel = out[..., c, :, :, :]
+        np.multiply(video[..., c], np.float32(1.0 / 255.0), out=channel, dtype=np.float32)
+        channel -= mean[c]
+        channel /= std[c]
+    return out

@@ -12,6 +12,8 @@ from fastapi.exceptions import RequestValidationError
 
 from app.deps import ServiceDep
 from app.schemas import ActionResponse, ActionSegment, LabelScore, ModelRef, problem_responses
+from model_store.manifest import Manifest
+from model_store.media import Windows
 from model_store.pipelines.action import action_feeds, read_actions, top_classes
 
 log = logging.getLogger(__name__)
@@ -57,7 +59,12 @@ async def recognize_actions(
         action_feeds, windows, manifest.clip, {spec.name for spec in manifest.inputs}
     )
     outputs = await service.batchers[TASK].infer(feeds)
-    actions = read_actions(outputs["logits"], windows, manifest.clip)
+    return action_response(manifest, windows, outputs["logits"], top_k)
+
+
+def action_response(manifest: Manifest, windows: Windows, logits: np.ndarray, top_k: int) -> ActionResponse:
+    """The answer from the windows' logits (also a part of ``/v1/analyze``)."""
+    actions = read_actions(logits, windows, manifest.clip)
     labels = manifest.labels
     segments = [ActionSegment(start_s=start, end_s=end, top_k=top_labels(p, labels, top_k))
                 for (start, end), p in zip(actions.spans, actions.window_probs, strict=True)]

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from os import PathLike
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, File, Path, Query, Request, Response, UploadFile
+from fastapi import APIRouter, File, Header, Path, Query, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from starlette.exceptions import HTTPException
 
 from app.deps import ServiceDep
 from app.jobs import FORMATS, Job, JobExpired, JobNotFound, JobStore
-from app.schemas import ModelRef, SeparationJob, SeparationTracks, problem_responses
+from app.routers.jobs import respond_async
+from app.schemas import JobStatus, ModelRef, SeparationJob, SeparationTracks, problem_responses
 from model_store.dsp import Box, parse_box
 from model_store.pipelines.separation import separated_tracks, separation_feeds
 
@@ -65,7 +67,9 @@ def _get_job(store: JobStore, job_id: str) -> Job:
 
 
 @router.post(
-    "/separations", status_code=201, response_model=SeparationJob, responses=problem_responses(413, 415, 422, 503)
+    "/separations", status_code=201, response_model=SeparationJob,
+    responses={202: {"model": JobStatus, "description": "a job (Prefer: respond-async, or a long video)"},
+               **problem_responses(413, 415, 422, 503)},
 )
 async def create_separation(
     request: Request,
@@ -74,12 +78,20 @@ async def create_separation(
     file: Annotated[UploadFile, File(description="a video file with an audio track")],
     hide: Annotated[str | None, Query(description="x0,y0,x1,y1 (normalised): blank this box in every frame, "
                                                   "so a visible source there counts as off screen")] = None,
+    prefer: Annotated[str | None, Header(description="respond-async: answer 202 with a job to poll")] = None,
 ) -> SeparationJob:
     """Separate a video's audio into on-screen and off-screen tracks; returns the job with download URLs."""
     model = service.model(TASK)
     store = job_store(service)
     manifest = model.manifest
     box = _parse_hide(hide)
+    from app.routers import analyze  # it builds on this module
+
+    accepted = await respond_async(request, service, file.file, prefer, "separation",
+                                   analyze.job_of(service, request, [TASK], 1, False, box, part="separation"))
+    if not isinstance(accepted, PathLike):
+        return accepted
+    accepted.unlink(missing_ok=True)  # short enough to answer now (decode_upload saves its own copy)
     windows = await service.decode_upload(file.file, manifest)
     feeds = await anyio.to_thread.run_sync(separation_feeds, windows, manifest.clip, box)
     outputs = await service.batchers[TASK].infer(feeds)

@@ -181,6 +181,20 @@ def test_internal_errors_do_not_leak(store_root: Path, media_dir: Path) -> None:
         assert body["type"] == "urn:avscene:problem:internal"
 
 
+def test_internal_errors_are_answered_not_reraised(store_root: Path) -> None:
+    """The 500 is the last word: nothing is re-raised to the server, which would then close the connection."""
+    app = create_app(test_settings(store_root))
+
+    @app.get("/boom")
+    async def boom() -> dict:
+        raise RuntimeError("boom")
+
+    with TestClient(app) as c:  # raise_server_exceptions=True: a re-raised error would fail here
+        r = c.get("/boom")
+        assert assert_problem(r, 500)["detail"] == "an internal error occurred; it has been logged"
+        assert c.get("/healthz").status_code == 200
+
+
 def test_tampered_model_refuses_to_start(tmp_path: Path) -> None:
     from model_store.registry import RegistryError
 

@@ -130,7 +130,8 @@ def test_http_concurrent_requests_are_batched_with_unchanged_answers(
         return r.json()
 
     sequential = [post(client, v) for v in videos]
-    settings = test_settings(store_root, batch_timeout_ms=300, max_concurrent_decodes=len(videos))
+    settings = test_settings(store_root, batch_timeout_ms=300, max_concurrent_decodes=len(videos),
+                             max_requests_in_flight=len(videos))
     with TestClient(create_app(settings)) as c, ThreadPoolExecutor(len(videos)) as pool:
         concurrent = list(pool.map(lambda v: post(c, v), videos))
         stats = c.app.state.service.batchers["action"].stats

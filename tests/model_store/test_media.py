@@ -4,6 +4,7 @@ import math
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
@@ -215,6 +216,16 @@ def test_normalize_video(clip_spec):
     assert single.shape == (3, 8, 2, 3) and np.array_equal(single, x[0])
 
 
+def test_normalize_video_is_the_whole_array_formula_bit_for_bit(clip_spec):
+    """Channel by channel into the output, the same float32 operations as on the whole array at once."""
+    spec = clip_spec(pixel_mean=(0.45, 0.5, 0.55), pixel_std=(0.22, 0.25, 0.3))
+    video = np.random.default_rng(0).integers(0, 256, (3, 4, 24, 40, 3), dtype=np.uint8)
+    whole = video.astype(np.float32) * (1.0 / 255.0)
+    whole -= np.asarray(spec.pixel_mean, dtype=np.float32)
+    whole /= np.asarray(spec.pixel_std, dtype=np.float32)
+    np.testing.assert_array_equal(media.normalize_video(video, spec), np.moveaxis(whole, -1, -4))
+
+
 # ---------------------------------------------------------------- limits and bad input
 
 
@@ -316,3 +327,53 @@ def test_bytes_decode_like_the_path(av_file, variant_files, spec):
             assert np.array_equal(other.frames, from_path.frames)
             assert np.array_equal(other.audio, from_path.audio)
             assert other.duration_s == from_path.duration_s and other.has_audio == from_path.has_audio
+
+
+@pytest.mark.parametrize("name", ["25fps", "odd"])
+def test_frames_are_pyav_own_conversion(name, variant_files, clip_spec, read_index):
+    """One reused single-threaded scaler gives the pixels of PyAV's per-frame ``to_ndarray`` (bilinear)."""
+    spec = clip_spec(fps=8.0, frames=4, height=30, width=50)
+    decoded = media.decode(variant_files[name], spec)
+    with av.open(str(variant_files[name])) as container:
+        want = [f.to_ndarray(width=spec.width, height=spec.height, format="rgb24") for f in container.decode(video=0)]
+    for frame in decoded.frames:
+        np.testing.assert_array_equal(frame, want[read_index(frame)])
+
+
+@pytest.mark.parametrize("name, text", [
+    ("list.m3u8", "#EXTM3U\n#EXT-X-TARGETDURATION:3\n#EXTINF:2.0,\n{target}\n#EXT-X-ENDLIST\n"),
+    ("relative.m3u8", "#EXTM3U\n#EXT-X-TARGETDURATION:3\n#EXTINF:2.0,\nbeside.mp4\n#EXT-X-ENDLIST\n"),
+    ("list.ffconcat", "ffconcat version 1.0\nfile beside.mp4\n"),
+    ("list.ffconcat", "ffconcat version 1.0\nfile '{target}'\n"),
+])
+def test_references_to_other_files_are_not_followed(name, text, av_file, tmp_path, spec):
+    """A playlist or concat script (its extension makes FFmpeg pick the HLS / concat demuxer) pointing at a
+    playable video: refused, and the video is never opened."""
+    beside = tmp_path / "beside.mp4"
+    beside.write_bytes(av_file.read_bytes())
+    path = tmp_path / name
+    path.write_text(text.format(target=beside))
+    for source in (path, path.read_bytes()):
+        with pytest.raises(MediaError) as info:
+            media.load_windows(source, spec)
+        assert info.value.status == 415 and info.value.detail.startswith("not a video")
+        assert str(tmp_path) not in info.value.detail
+    assert media.load_windows(beside, spec).duration_s == pytest.approx(2.0, abs=0.05)
+
+
+def test_stop_ends_decoding_between_packets(av_file, spec):
+    """``stop`` is polled per packet: decoding ends at the first True, wherever it comes."""
+    calls = []
+
+    def stop_after(n):
+        def stop():
+            calls.append(1)
+            return len(calls) > n
+        return stop
+
+    with pytest.raises(media.DecodeStopped):
+        media.load_windows(av_file, spec, stop=stop_after(10))
+    assert len(calls) == 11
+    calls.clear()
+    media.load_windows(av_file, spec, stop=stop_after(10**6))
+    assert len(calls) > 20  # every packet of the 2-s file (video and audio) was a chance to stop
