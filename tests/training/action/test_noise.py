@@ -254,7 +254,7 @@ def test_pair_nce_losses_tiled_equal_the_whole_set_infonce(chunk, tau):
 
 
 @pytest.mark.parametrize("chunk", [7, 50, 1024])
-def test_nearest_neighbours_by_symmetric_tiles_equal_a_dense_top_k(chunk):
+def test_nearest_neighbours_by_row_blocks_equal_a_dense_top_k(chunk):
     g = torch.Generator().manual_seed(7)
     x = torch.randn(230, 8, generator=g)
     sim = x @ x.T
