@@ -5,9 +5,9 @@ scores an estimate against planted noise.
 Torch, on whatever device the inputs are on. Nothing here builds an N x N matrix: the pairwise work runs over
 ``chunk`` x ``chunk`` tiles (the InfoNCE), blocks of ``chunk`` rows against the whole set (the kNN) or against
 the k centroids (k-means), so memory is O(N k + chunk N) for a set of N clips and k neighbours or clusters; a
-chunk as large as N gives the dense computation. Features are used
-in float32, the mixture's EM runs in float64. Every function is deterministic given its inputs (and ``seed``
-where it takes one; k-means++ draws from a CPU generator, so the draws are the same on every device).
+chunk as large as N gives the dense computation. Features are used in float32, the mixture's EM runs in
+float64. Every function is deterministic given its inputs (and ``seed`` where it takes one; k-means++ draws
+from a CPU generator, so the draws are the same on every device).
 """
 
 from __future__ import annotations
