@@ -141,54 +141,212 @@ def test_soft_ce_hybrid_targets_and_weighted_mean():
 
 
 def test_roc_auc_hand_checked():
-    assert est.roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1], bool)) == 0.75
-    assert est.roc_auc(np.array([1.0, 1.0]), np.array([0, 1], bool)) == 0.5  # ties count half
-    assert math.isnan(est.roc_auc(np.ones(3), np.zeros(3, bool)))
+    assert est.roc_auc(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0, 0, 1, 1]).bool()) == 0.75
+    assert est.roc_auc(torch.tensor([1.0, 1.0]), torch.tensor([0, 1]).bool()) == 0.5  # ties count half
+    assert math.isnan(est.roc_auc(torch.ones(3), torch.zeros(3, dtype=torch.bool)))
 
 
 def test_gmm_separates_two_loss_modes():
     rng = np.random.default_rng(0)
-    losses = np.concatenate([rng.normal(0.5, 0.1, 300), rng.normal(2.0, 0.2, 100)])
+    losses = torch.from_numpy(np.concatenate([rng.normal(0.5, 0.1, 300), rng.normal(2.0, 0.2, 100)]))
     p = est.gmm_clean_probability(losses)
     assert p[:300].mean() > 0.95 and p[300:].mean() < 0.05
-    assert np.all(est.gmm_clean_probability(np.ones(5)) == 1.0)
+    assert torch.all(est.gmm_clean_probability(torch.ones(5)) == 1.0)
 
 
 def test_label_trust_doubts_only_labels_below_chance():
     rng = np.random.default_rng(0)
     # 8 classes, chance loss log 8 = 2.08: wrong labels the classifier has not memorised lie above it
-    noisy = np.concatenate([rng.gamma(2.0, 0.05, 300), rng.normal(4.0, 0.5, 200)])
+    noisy = torch.from_numpy(np.concatenate([rng.gamma(2.0, 0.05, 300), rng.normal(4.0, 0.5, 200)]))
     t = est.label_trust(noisy, 8)
-    assert set(np.unique(t)) == {0.0, 1.0}
+    assert set(t.unique().tolist()) == {0.0, 1.0}
     assert t[:300].mean() > 0.98 and t[300:].mean() < 0.02
     soft = est.label_trust(noisy, 8, hard=False)
-    assert 0 <= soft.min() and soft.max() <= 1 and soft[300:].mean() < 0.05 and len(np.unique(soft)) > 2
+    assert 0 <= soft.min() and soft.max() <= 1 and soft[300:].mean() < 0.05 and len(soft.unique()) > 2
     # clean labels: the mixture still splits the losses (a small tail of harder clips), the guard keeps them
-    clean = np.concatenate([rng.gamma(2.0, 0.05, 450), rng.normal(0.9, 0.2, 50)])
+    clean = torch.from_numpy(np.concatenate([rng.gamma(2.0, 0.05, 450), rng.normal(0.9, 0.2, 50)]))
     assert (est.gmm_clean_probability(clean) < 0.5).sum() >= 40
-    assert np.all(est.label_trust(clean, 8) == 1.0)
+    assert torch.all(est.label_trust(clean, 8) == 1.0)
     assert (est.label_trust(clean, 8, chance_guard=False) == 0.0).sum() >= 40
     # a class learned late: its right labels still lose 2.5-3.5; one mixture over all clips doubts it whole,
     # one mixture per class finds its wrong labels (loss ~6) and keeps its right ones
-    late = np.concatenate([rng.gamma(2.0, 0.05, 300), rng.uniform(2.5, 3.5, 60), rng.normal(6.0, 0.3, 40)])
-    groups = np.repeat([0, 1, 1], [300, 60, 40])
-    assert np.all(est.label_trust(late, 8)[300:] == 0.0)
+    late = torch.from_numpy(np.concatenate([rng.gamma(2.0, 0.05, 300), rng.uniform(2.5, 3.5, 60),
+                                            rng.normal(6.0, 0.3, 40)]))
+    groups = torch.from_numpy(np.repeat([0, 1, 1], [300, 60, 40]))
+    assert torch.all(est.label_trust(late, 8)[300:] == 0.0)
     per = est.label_trust(late, 8, groups=groups)
-    assert np.all(per[:360] == 1.0) and np.all(per[360:] == 0.0)
+    assert torch.all(per[:360] == 1.0) and torch.all(per[360:] == 0.0)
 
 
 def test_knn_votes_correct_wrong_labels_in_clustered_features():
     rng = np.random.default_rng(0)
     centres = np.eye(4) * 5
     clean = np.repeat(np.arange(4), 50)
-    feats = centres[clean] + rng.normal(0, 1, (200, 4))
+    feats = torch.from_numpy(centres[clean] + rng.normal(0, 1, (200, 4)))
     noisy, idx = symmetric_label_noise(clean, 0.4, 4, rng)
-    corrected, q, t = est.corrected_labels(est.knn_label_votes(feats, noisy, 4, k=15), noisy)
+    corrected, q, t = est.corrected_labels(est.knn_label_votes(feats, torch.from_numpy(noisy), 4, k=15),
+                                           torch.from_numpy(noisy))
+    corrected = corrected.numpy()
     assert (corrected == clean).mean() > 0.95
     assert (corrected[idx] == clean[idx]).mean() > 0.9
-    assert np.all(q >= t)
+    assert torch.all(q >= t)
     centroids, assign = est.kmeans(feats, 4, seed=0)
-    assert len(np.unique(assign)) == 4 and centroids.shape == (4, 4)
+    assert len(assign.unique()) == 4 and centroids.shape == (4, 4)
+
+
+# ------------------------------------------------------------- chunked torch estimation against dense references
+
+
+def _np_gmm(losses: np.ndarray, iters: int = 50, eps: float = 1e-6) -> np.ndarray:
+    """The numpy mixture the torch one replaced, kept as the reference."""
+    x = losses.astype(np.float64)
+    x = (x - x.min()) / np.ptp(x)
+    mu = np.quantile(x, [0.25, 0.75])
+    var = np.full(2, x.var() / 4 + eps)
+    pi = np.array([0.5, 0.5])
+    for _ in range(iters):
+        log_p = -0.5 * (x[:, None] - mu) ** 2 / var - 0.5 * np.log(2 * np.pi * var) + np.log(pi)
+        log_p -= log_p.max(1, keepdims=True)
+        r = np.exp(log_p)
+        r /= r.sum(1, keepdims=True)
+        nk = r.sum(0) + 1e-12
+        mu = (r * x[:, None]).sum(0) / nk
+        var = (r * (x[:, None] - mu) ** 2).sum(0) / nk + eps
+        pi = nk / nk.sum()
+    return r[:, int(np.argmin(mu))]
+
+
+def _dense_votes(f: np.ndarray, labels: np.ndarray, num_classes: int, k: int, w: np.ndarray) -> np.ndarray:
+    """kNN votes from the full N x N cosine matrix, neighbours by a full sort."""
+    f = f / np.linalg.norm(f, axis=1, keepdims=True)
+    sim = f @ f.T
+    np.fill_diagonal(sim, -np.inf)
+    nn = np.argsort(-sim, axis=1)[:, :k]
+    votes = np.zeros((len(f), num_classes))
+    for i in range(len(f)):
+        for j in nn[i]:
+            votes[i, labels[j]] += max(sim[i, j], 0) * w[j] + 1e-6
+    return votes / votes.sum(1, keepdims=True)
+
+
+def _np_lloyd(x: np.ndarray, c: np.ndarray, w: np.ndarray, iters: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dense weighted spherical Lloyd iterations in float64 from given initial centres."""
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    for _ in range(iters):
+        assign = np.argmax(x @ c.T, axis=1)
+        new = np.zeros_like(c)
+        np.add.at(new, assign, x * w[:, None])
+        empty = np.linalg.norm(new, axis=1) < 1e-12
+        new[empty] = c[empty]
+        c = new / np.linalg.norm(new, axis=1, keepdims=True)
+    return c, np.argmax(x @ c.T, axis=1)
+
+
+@pytest.mark.parametrize(("chunk", "tau"), [(7, 0.1), (64, 0.1), (1024, 0.1), (64, 0.02)])
+def test_pair_nce_losses_tiled_equal_the_whole_set_infonce(chunk, tau):
+    g = torch.Generator().manual_seed(0)
+    v, a = torch.randn(203, 16, generator=g), torch.randn(203, 16, generator=g)
+    a[:150] += 2 * v[:150]  # some pairs correspond, the rest do not
+    want = cross_modal_nce(v, a, tau=tau)  # (N, N) logits
+    got = est.pair_nce_losses(v, a, tau=tau, chunk=chunk)  # tau 0.02: the float64 tiles
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [7, 50, 1024])
+def test_nearest_neighbours_by_row_blocks_equal_a_dense_top_k(chunk):
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(230, 8, generator=g)
+    sim = x @ x.T
+    sim.fill_diagonal_(-math.inf)
+    want_sim, want_idx = sim.topk(9, dim=1)
+    got_sim, got_idx = est.nearest_neighbours(x, 9, chunk)
+    order = got_sim.argsort(1, descending=True)
+    torch.testing.assert_close(got_sim.gather(1, order), want_sim)
+    torch.testing.assert_close(got_idx.gather(1, order), want_idx)
+    assert est.nearest_neighbours(x[:4], 9, chunk)[1].shape == (4, 3)  # k capped at N - 1
+
+
+@pytest.mark.parametrize("chunk", [7, 1024])
+def test_knn_votes_chunked_equal_dense_votes(chunk):
+    rng = np.random.default_rng(1)
+    f = rng.normal(size=(300, 16)).astype(np.float32)
+    labels = rng.integers(0, 5, 300)
+    w = rng.random(300)
+    want = _dense_votes(f, labels, 5, 12, w.astype(np.float32))
+    got = est.knn_label_votes(torch.from_numpy(f), torch.from_numpy(labels), 5, k=12, weights=torch.from_numpy(w),
+                              chunk=chunk)
+    assert got.dtype == torch.float32 and got.shape == (300, 5)
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-6)
+    corrected, q, t = est.corrected_labels(got, torch.from_numpy(labels))
+    np.testing.assert_array_equal(corrected.numpy(), want.argmax(1))
+    np.testing.assert_allclose(t.numpy(), want[np.arange(300), labels], atol=1e-6)
+
+
+def test_gmm_posterior_matches_the_numpy_reference():
+    rng = np.random.default_rng(2)
+    for losses in (np.concatenate([rng.normal(0.5, 0.1, 700), rng.normal(2.0, 0.3, 300)]), rng.random(500),
+                   rng.gamma(2.0, 0.5, 1000)):
+        got = est.gmm_clean_probability(torch.from_numpy(losses).float())
+        assert got.dtype == torch.float64
+        np.testing.assert_allclose(got.numpy(), _np_gmm(losses.astype(np.float32)), atol=1e-6)
+
+
+def test_kmeans_chunked_equals_dense_lloyd_from_the_same_seeds():
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(6, 8)) * 3
+    x = (centres[rng.integers(0, 6, 400)] + rng.normal(size=(400, 8))).astype(np.float32)
+    w = rng.random(400).astype(np.float32)
+    xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+    c7, a7 = est.kmeans(xt, 6, weights=wt, iters=10, seed=5, chunk=7)
+    cn, an = est.kmeans(xt, 6, weights=wt, iters=10, seed=5, chunk=400)
+    np.testing.assert_array_equal(a7.numpy(), an.numpy())
+    torch.testing.assert_close(c7, cn, rtol=1e-5, atol=1e-5)
+    init = est.kmeans_plusplus(est.l2_normalize(xt), 6, wt + 1e-6, torch.Generator().manual_seed(5))
+    c_ref, a_ref = _np_lloyd(x.astype(np.float64), init.double().numpy(), w.astype(np.float64) + 1e-6, 10)
+    np.testing.assert_array_equal(a7.numpy(), a_ref)
+    np.testing.assert_allclose(c7.numpy(), c_ref, atol=1e-5)
+    # deterministic given the seed; another seed starts elsewhere
+    torch.testing.assert_close(est.kmeans(xt, 6, weights=wt, seed=5)[0], est.kmeans(xt, 6, weights=wt, seed=5)[0])
+    assert not torch.equal(init, est.kmeans_plusplus(est.l2_normalize(xt), 6, wt, torch.Generator().manual_seed(6)))
+
+
+def test_cluster_sums_equal_index_add():
+    g = torch.Generator().manual_seed(4)
+    x, w = torch.randn(101, 5, generator=g), torch.rand(101, generator=g)
+    assign = torch.randint(0, 4, (101,), generator=g)
+    want = torch.zeros(4, 5).index_add_(0, assign, x * w[:, None])
+    torch.testing.assert_close(est.cluster_sums(x, assign, 4, w, chunk=9), want, rtol=1e-5, atol=1e-5)
+
+
+def test_roc_auc_with_many_ties_equals_the_pairwise_definition():
+    rng = np.random.default_rng(5)
+    s, pos = rng.integers(0, 6, 400).astype(np.float64), rng.random(400) < 0.3
+    d = s[pos][:, None] - s[~pos][None, :]
+    want = float(((d > 0) + 0.5 * (d == 0)).mean())  # P(positive scores higher), ties half
+    assert est.roc_auc(torch.from_numpy(s), torch.from_numpy(pos)) == pytest.approx(want, abs=1e-12)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_estimation_on_cuda_matches_cpu():
+    g = torch.Generator().manual_seed(6)
+    v, a = torch.randn(3000, 64, generator=g), torch.randn(3000, 64, generator=g)
+    a[:2000] += v[:2000]
+    labels = torch.randint(0, 8, (3000,), generator=g)
+    cuda = torch.device("cuda")
+    losses = est.pair_nce_losses(v, a, 0.1, chunk=512)
+    losses_gpu = est.pair_nce_losses(v.to(cuda), a.to(cuda), 0.1, chunk=512)
+    assert losses_gpu.device.type == "cuda"
+    torch.testing.assert_close(losses_gpu.cpu(), losses, rtol=1e-4, atol=1e-4)
+    w = est.gmm_clean_probability(losses)
+    torch.testing.assert_close(est.gmm_clean_probability(losses_gpu).cpu(), w, rtol=0, atol=1e-4)
+    votes = est.knn_label_votes(v, labels, 8, k=20, weights=w, chunk=512)
+    votes_gpu = est.knn_label_votes(v.to(cuda), labels.to(cuda), 8, k=20, weights=w.to(cuda), chunk=512)
+    torch.testing.assert_close(votes_gpu.cpu(), votes, rtol=1e-4, atol=1e-4)
+    _, assign = est.kmeans(v + a, 16, weights=w, seed=0)
+    _, assign_gpu = est.kmeans((v + a).to(cuda), 16, weights=w.to(cuda), seed=0)
+    assert (assign_gpu.cpu() == assign).float().mean() > 0.99
 
 
 # -------------------------------------------------------------------------------- estimation in a short run

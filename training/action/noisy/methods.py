@@ -216,28 +216,30 @@ def accuracy(model: nn.Module, data: ArraySet, zero: str | None = None) -> float
 
 
 @torch.inference_mode()
-def embed(model: nn.Module, data: ArraySet, batch: int = 64) -> dict[str, np.ndarray]:
+def embed(model: nn.Module, data: ArraySet, batch: int = 64) -> dict[str, torch.Tensor]:
     """Of every clip's middle window, eval mode: video and audio embeddings ``v``, ``a`` (``forward_features``),
-    the classifier's penultimate activations ``h`` and its ``logits``."""
+    the classifier's penultimate activations ``h`` and its ``logits``; (N, ...) tensors on the model's device."""
     model.eval()
+    device = next(model.parameters()).device
     mid = (data.frames.shape[1] - data.spec.frames) // 2
-    out: dict[str, list[np.ndarray]] = {"v": [], "a": [], "h": [], "logits": []}
+    out: dict[str, list[torch.Tensor]] = {"v": [], "a": [], "h": [], "logits": []}
     head = model.head
     for s in range(0, len(data), batch):
         idx = np.arange(s, min(s + batch, len(data)))
-        dev = next(model.parameters()).device
-        v, a = model.forward_features(*(x.to(dev) for x in window_batch(data, idx, np.full(len(idx), mid))))
+        video, audio = window_batch(data, idx, np.full(len(idx), mid))
+        v, a = model.forward_features(video.to(device), audio.to(device))
         h = head[:-1](torch.cat([v, a], dim=1))  # (B, D) input of the last linear layer
         for key, x in (("v", v), ("a", a), ("h", h), ("logits", head[-1](h))):
-            out[key].append(x.float().cpu().numpy())
-    return {k: np.concatenate(x) for k, x in out.items()}
+            out[key].append(x)
+    return {k: torch.cat(x) for k, x in out.items()}
 
 
-def bank_pair_losses(v: np.ndarray, a: np.ndarray, tau: float) -> np.ndarray:
+@torch.inference_mode()
+def bank_pair_losses(v: torch.Tensor, a: torch.Tensor, tau: float, chunk: int = 4096) -> torch.Tensor:
     """Per-pair symmetric InfoNCE over the whole set (every other clip a negative): the statistic the
-    correspondence mixture is fitted to."""
-    with torch.inference_mode():
-        return cross_modal_nce(torch.from_numpy(v), torch.from_numpy(a), tau).numpy()
+    correspondence mixture is fitted to. Tiled (:func:`est.pair_nce_losses`), never an N x N matrix.
+    Shape: (N, D), (N, D) -> (N,)."""
+    return est.pair_nce_losses(v, a, tau, chunk)
 
 
 def _supervised(model: nn.Module, data: ArraySet, cfg: RunConfig, epochs: int,
@@ -375,43 +377,53 @@ def train_coteaching(make: ModelFactory, data: ArraySet, cfg: RunConfig, noise: 
 
 @dataclass
 class _PairState:
+    # what the phase-1 loop indexes per batch stays in numpy on the host; the estimation behind it runs on the
+    # model's device (:func:`_update_pairs`)
     weights: np.ndarray  # (N,) probability that each pair corresponds
     assign: np.ndarray | None = None  # (N,) cluster per clip
     proto_v: torch.Tensor | None = None  # (C, D)
     proto_a: torch.Tensor | None = None
 
 
+def _on(x: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """A host array as a tensor on ``like``'s device."""
+    return torch.from_numpy(np.ascontiguousarray(x)).to(like.device)
+
+
 def _update_pairs(model: nn.Module, data: ArraySet, c: NTLConfig, num_classes: int, state: _PairState,
                   epoch: int, noise: NoiseReport | None, seed: int) -> dict:
-    """After a phase-1 epoch: per-pair losses over the whole set -> mixture -> weights; k-means prototypes."""
+    """After a phase-1 epoch: per-pair losses over the whole set -> mixture -> weights; k-means prototypes.
+    All on the model's device, chunked (memory O(N k), not O(N^2))."""
     e = embed(model, data)
     v, a = e["v"], e["a"]
     losses = bank_pair_losses(v, a, c.tau)
     record: dict = {}
     if noise is not None and len(noise.corr_noisy):
-        record["corr_auc_loss"] = est.roc_auc(losses, noise.corr_mask())
+        record["corr_auc_loss"] = est.roc_auc(losses, _on(noise.corr_mask(), losses))
     trusted = epoch + 1 >= c.warmup
     if c.estimation and trusted:
-        state.weights = np.maximum(est.gmm_clean_probability(losses), c.min_weight)
+        w = est.gmm_clean_probability(losses).clamp_min(c.min_weight)
+        state.weights = w.cpu().numpy()
         if noise is not None and len(noise.corr_noisy):
-            record["corr_auc"] = est.roc_auc(1.0 - state.weights, noise.corr_mask())
-            record["weight_clean_mean"] = float(state.weights[~noise.corr_mask()].mean())
-            record["weight_noisy_mean"] = float(state.weights[noise.corr_mask()].mean())
+            mask = noise.corr_mask()
+            record["corr_auc"] = est.roc_auc(1.0 - w, _on(mask, w))
+            record["weight_clean_mean"] = float(state.weights[~mask].mean())
+            record["weight_noisy_mean"] = float(state.weights[mask].mean())
     if c.category and trusted:
-        vn, an = est.l2_normalize(v), est.l2_normalize(a)
+        vn, an = est.l2_normalize(v.float()), est.l2_normalize(a.float())
         k = c.clusters_per_class * num_classes
-        _, assign = est.kmeans(vn + an, k, weights=state.weights, seed=seed + epoch)
-        pv, pa = np.zeros((k, v.shape[1])), np.zeros((k, v.shape[1]))
-        np.add.at(pv, assign, vn * state.weights[:, None])
-        np.add.at(pa, assign, an * state.weights[:, None])
-        state.assign = assign
-        state.proto_v, state.proto_a = torch.from_numpy(pv).float(), torch.from_numpy(pa).float()
+        w = _on(state.weights, vn)
+        _, assign = est.kmeans(vn + an, k, weights=w, seed=seed + epoch)
+        state.assign = assign.cpu().numpy()
+        state.proto_v = est.cluster_sums(vn, assign, k, w)
+        state.proto_a = est.cluster_sums(an, assign, k, w)
     return record
 
 
-def _correction_stats(corrected: np.ndarray, data: ArraySet, noise: NoiseReport | None) -> dict:
+def _correction_stats(corrected: torch.Tensor, data: ArraySet, noise: NoiseReport | None) -> dict:
     if noise is None:
         return {}
+    corrected = corrected.cpu().numpy()
     wrong = noise.label_mask()
     clean = noise.clean_labels
     return {
@@ -434,8 +446,8 @@ def _between_phases(run: Run, model: nn.Module, data: ArraySet, c: NTLConfig, k_
     given = data.labels
     if e1 and noise is not None and run.is_main:  # diagnostic: how well would phase-1 features alone correct
         e = embed(model, data)
-        feats = np.concatenate([est.l2_normalize(e["v"]), est.l2_normalize(e["a"])], axis=1)
-        votes = est.knn_label_votes(feats, given, k_cls, c.knn_k, weights=pairs.weights)
+        feats = torch.cat([est.l2_normalize(e["v"]), est.l2_normalize(e["a"])], dim=1)
+        votes = est.knn_label_votes(feats, _on(given, feats), k_cls, c.knn_k, weights=_on(pairs.weights, feats))
         info["phase1_knn"] = _correction_stats(votes.argmax(1), data, noise)
         log.info("ntl phase-1 features, kNN labels: %s", info["phase1_knn"])
     nt["targets"] = torch.from_numpy(np.eye(k_cls, dtype=np.float32)[given])
@@ -480,18 +492,18 @@ def train_ntl(make: ModelFactory, data: ArraySet, cfg: RunConfig, noise: NoiseRe
     n = len(data)
     pairs = _PairState(weights=np.ones(n))
     info: dict = {"phase1": [], "phase2": [], "corrections": []}
-    nt: dict[str, Any] = {"targets": None, "loss_sum": np.zeros(n), "between": False}
+    nt: dict[str, Any] = {"targets": None, "loss_sum": 0.0, "between": False}  # loss_sum: (N,) once summed
 
     def ntl_state() -> dict:
         return {"pairs": _tensors(dataclasses.asdict(pairs)), "info": _tensors(info), "between": nt["between"],
-                "targets": nt["targets"], "loss_sum": torch.from_numpy(nt["loss_sum"]), **state()}
+                "targets": nt["targets"], "loss_sum": nt["loss_sum"], **state()}
 
     def ntl_load(d: dict) -> None:
         for k, v in _arrays(d["pairs"]).items():
             setattr(pairs, k, v)
         info.clear()
         info.update(_arrays(d["info"]))
-        nt.update(between=d["between"], targets=d["targets"], loss_sum=d["loss_sum"].numpy())
+        nt.update(between=d["between"], targets=d["targets"], loss_sum=d["loss_sum"])
         load_state(d)
 
     # ---- phase 1: cross-modal contrast, weighted by estimated correspondence, plus category-level contrast
@@ -556,29 +568,30 @@ def train_ntl(make: ModelFactory, data: ArraySet, cfg: RunConfig, noise: NoiseRe
     given = data.labels
     pair_w = pairs.weights if c.estimation else np.ones(n)
 
-    def given_loss(e: dict[str, np.ndarray]) -> np.ndarray:
-        return F.cross_entropy(torch.from_numpy(e["logits"]), torch.from_numpy(given), reduction="none").numpy()
+    def given_loss(e: dict[str, torch.Tensor]) -> torch.Tensor:
+        return F.cross_entropy(e["logits"], _on(given, e["logits"]), reduction="none").double()
 
-    def refresh(e: dict[str, np.ndarray], ce: np.ndarray) -> None:
+    def refresh(e: dict[str, torch.Tensor], ce: torch.Tensor) -> None:
         """Corrected labels from a kNN vote among the current features; trust in each given label from
-        :func:`est.label_trust` over the classifier's per-clip losses ``ce`` on it (small loss: probably right)."""
-        p_given = est.label_trust(ce, k_cls, c.hard_trust, c.chance_trust,
-                                  given if c.per_class_trust else None) if c.trust else np.ones(n)
-        votes = est.knn_label_votes(e["h"], given, k_cls, c.knn_k, weights=pair_w * p_given + 1e-3)
-        corrected, q, _ = est.corrected_labels(votes, given)
-        q = np.where(q >= c.q_min, q, 0.0) if c.correction else np.zeros(n)
+        :func:`est.label_trust` over the classifier's per-clip losses ``ce`` on it (small loss: probably right).
+        On the features' device; the new targets live there too."""
+        given_t = _on(given, e["h"])
+        p_given = (est.label_trust(ce, k_cls, c.hard_trust, c.chance_trust, given_t if c.per_class_trust else None)
+                   if c.trust else torch.ones(n, dtype=torch.float64, device=given_t.device))
+        votes = est.knn_label_votes(e["h"], given_t, k_cls, c.knn_k, weights=_on(pair_w, p_given) * p_given + 1e-3)
+        corrected, q, _ = est.corrected_labels(votes, given_t)
+        q = torch.where(q >= c.q_min, q, 0.0) if c.correction else torch.zeros_like(q)
         if c.consistent:  # two views (neighbours, classifier) must agree before a correction counts
-            q = np.where(e["logits"].argmax(1) == corrected, q, 0.0)
+            q = torch.where(e["logits"].argmax(1) == corrected, q, 0.0)
         if c.given:
-            nt["targets"] = hybrid_targets(torch.from_numpy(given), torch.from_numpy(corrected),
-                                           torch.from_numpy(p_given), torch.from_numpy(q), k_cls).float()
+            nt["targets"] = hybrid_targets(given_t, corrected, p_given, q, k_cls).float()
         else:
-            nt["targets"] = F.one_hot(torch.from_numpy(corrected), k_cls).float()
+            nt["targets"] = F.one_hot(corrected, k_cls).float()
         stats = _correction_stats(corrected, data, noise)
-        stats["changed"] = int((corrected != given).sum())
+        stats["changed"] = int((corrected != given_t).sum())
         stats["doubted"] = int((p_given < 0.5).sum())
         if noise is not None and len(noise.label_noisy):
-            stats["label_auc"] = est.roc_auc(1.0 - p_given, noise.label_mask())
+            stats["label_auc"] = est.roc_auc(1.0 - p_given, _on(noise.label_mask(), p_given))
         info["corrections"].append(stats)
         log.info("ntl label refresh %s", stats)
 
