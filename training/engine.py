@@ -319,7 +319,10 @@ class Run:
                 signal.signal(signal.SIGTERM, self._old_sigterm)
 
     def close(self) -> None:
+        """Leave the process group, all ranks together (a rank that tears its connections down while another
+        still has work in flight aborts gloo's transport)."""
         if self._own_group and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
 
 
