@@ -302,13 +302,14 @@ def test_kmeans_chunked_equals_dense_lloyd_from_the_same_seeds():
     cn, an = est.kmeans(xt, 6, weights=wt, iters=10, seed=5, chunk=400)
     np.testing.assert_array_equal(a7.numpy(), an.numpy())
     torch.testing.assert_close(c7, cn, rtol=1e-5, atol=1e-5)
-    init = est.kmeans_plusplus(est.l2_normalize(xt), 6, wt + 1e-6, torch.Generator().manual_seed(5))
+    init = est.kmeans_plusplus(est.l2_normalize(xt.double()), 6, wt.double() + 1e-6, np.random.default_rng(5))
     c_ref, a_ref = _np_lloyd(x.astype(np.float64), init.double().numpy(), w.astype(np.float64) + 1e-6, 10)
     np.testing.assert_array_equal(a7.numpy(), a_ref)
     np.testing.assert_allclose(c7.numpy(), c_ref, atol=1e-5)
     # deterministic given the seed; another seed starts elsewhere
     torch.testing.assert_close(est.kmeans(xt, 6, weights=wt, seed=5)[0], est.kmeans(xt, 6, weights=wt, seed=5)[0])
-    assert not torch.equal(init, est.kmeans_plusplus(est.l2_normalize(xt), 6, wt, torch.Generator().manual_seed(6)))
+    assert not torch.equal(init, est.kmeans_plusplus(est.l2_normalize(xt.double()), 6, wt.double(),
+                                                     np.random.default_rng(6)))
 
 
 def test_cluster_sums_equal_index_add():

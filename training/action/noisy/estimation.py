@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -170,27 +171,27 @@ def nearest_centroid(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 4096
     return torch.cat([(x[s : s + chunk] @ centroids.T).argmax(1) for s in range(0, len(x), chunk)])
 
 
-def kmeans_plusplus(x: torch.Tensor, k: int, weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def kmeans_plusplus(x: torch.Tensor, k: int, weights: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     """k-means++ seeding for cosine distance: each new centre is drawn with probability proportional to
     ``weights * (1 - max cosine to the centres so far)``. Keeps one running (N,) maximum, so memory is O(N).
-    Draws come from ``generator`` (a CPU one), by inverse CDF on the data's device.
+    The draws are those of ``rng.integers`` / ``rng.choice(p=...)`` (numpy's stream, as the seeding has always
+    drawn them), by inverse CDF over the data's device.
 
     Shape:
         - x: (N, D) unit rows; weights: (N,)
         - output: (k, D) rows of x
     """
     n = len(x)
-    first = int(torch.randint(n, (1,), generator=generator))
+    first = int(rng.integers(n))
     centres = [x[first]]
     best = x @ x[first]  # (N,) cosine to the nearest centre so far
     for _ in range(1, k):
         cdf = ((1.0 - best).clamp_min(0) * weights).to(torch.float64).cumsum(0)
-        u = float(torch.rand((), dtype=torch.float64, generator=generator))
         if float(cdf[-1]) > 0:
-            i = int(torch.searchsorted(cdf, torch.tensor([u * float(cdf[-1])], dtype=torch.float64,
-                                                         device=x.device), right=True))
+            u = torch.tensor([rng.random()], dtype=torch.float64, device=x.device)
+            i = int(torch.searchsorted(cdf / cdf[-1], u, right=True))
         else:
-            i = int(torch.randint(n, (1,), generator=generator))
+            i = int(rng.integers(n))
         centres.append(x[min(i, n - 1)])
         best = torch.maximum(best, x @ centres[-1])
     return torch.stack(centres)
@@ -202,20 +203,20 @@ def kmeans(x: torch.Tensor, k: int, weights: torch.Tensor | None = None, iters: 
     (estimated-noisy pairs pull less). Assignment and update run over chunks of rows: memory O(N k + chunk D).
 
     Shape:
-        - x: (N, D) (L2-normalised here, float32); weights: (N,) or None
+        - x: (N, D) (L2-normalised here, in float64: near-ties decide assignments); weights: (N,) or None
         - output: unit centroids (k, D) float32, assignment (N,) int64
     """
-    x = l2_normalize(x.float())
+    x = l2_normalize(x.double())
     n = len(x)
     w = torch.ones(n, device=x.device) if weights is None else weights.to(device=x.device, dtype=x.dtype) + 1e-6
     k = min(k, n)
-    c = kmeans_plusplus(x, k, w, torch.Generator().manual_seed(seed))
+    c = kmeans_plusplus(x, k, w, np.random.default_rng(seed))
     for _ in range(iters):
         new = cluster_sums(x, nearest_centroid(x, c, chunk), k, w, chunk)
         empty = new.norm(dim=1) < 1e-12
         new[empty] = c[empty]
         c = l2_normalize(new)
-    return c, nearest_centroid(x, c, chunk)
+    return c.float(), nearest_centroid(x, c, chunk)
 
 
 def nearest_neighbours(x: torch.Tensor, k: int, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
