@@ -45,7 +45,7 @@ def trainer_args(name: str, steps: int, cache: Path, log_every: int) -> list[str
         return ["train-action", "training/configs/action_default.yaml", f"data.train={actions}", f"data.val={val}",
                 f"optim.epochs={max(1, steps // 4)}", "optim.batch_size=16", *common]
     if name == "ntl":
-        return ["train-action", "training/configs/action_ntl.yaml", "--method", "ntl", f"data.train={actions}",
+        return ["train-action", "--method", "ntl", "training/configs/action_ntl.yaml", f"data.train={actions}",
                 f"data.val={val}", f"optim.epochs={max(2, steps // 4)}", "optim.batch_size=16",
                 f"array_cache={cache}/arrays", *common]
     raise ValueError(name)
