@@ -1,4 +1,5 @@
-"""``python -m training <command>``: synth, train-action, export, evaluate, build-defaults."""
+"""``python -m training <command>``: synth, prepare, pretrain, train-action, train-separation, export, evaluate,
+build-defaults, noise-benchmark."""
 
 from __future__ import annotations
 
@@ -204,7 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_cmd_build_defaults)
 
     from training.action.noise_benchmark import add_parser as add_noise_benchmark
+    from training.data.prepare import add_parser as add_prepare
 
+    add_prepare(sub)
     add_noise_benchmark(sub)
     return p
 

@@ -36,6 +36,7 @@ class Record:
     on_screen: Path | None = None
     off_screen: Path | None = None
     boxes: list[list[float]] | None = None
+    split: str | None = None
 
 
 @dataclass
@@ -121,9 +122,10 @@ def _read_csv(path: Path, base: Path) -> list[Record]:
         return float(v) if v not in (None, "") else None
 
     with open(path, newline="") as fh:
-        sample = fh.read(4096)
+        first = next(csv.reader(fh), [])
         fh.seek(0)
-        has_header = "video" in sample.splitlines()[0] if sample else False
+        # a header names a `video` column; a header-less first row holds a path (which may contain "video")
+        has_header = "video" in (c.strip() for c in first)
         if has_header:
             rows = list(csv.DictReader(fh))
         else:  # Kinetics/VGGSound style: path,label[,start,end]
@@ -138,6 +140,7 @@ def _read_csv(path: Path, base: Path) -> list[Record]:
             on_screen=opt_path(row.get("on_screen")),
             off_screen=opt_path(row.get("off_screen")),
             boxes=json.loads(row["boxes"]) if row.get("boxes") else None,
+            split=row.get("split") or None,
         )
         for row in rows
     ]
