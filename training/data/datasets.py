@@ -174,7 +174,7 @@ def load_clips(
         decoded = [_decode_one(j) for j in _progress(jobs, len(jobs), progress, "decode")]
     return [
         ClipData(d.frames, d.audio, d.duration_s, index[r.label] if r.label is not None else -1,
-                 {"record": r})
+                 {"record": r, "has_audio": d.has_audio})
         for d, r in zip(decoded, records, strict=True)
     ]
 
