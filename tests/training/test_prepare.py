@@ -191,3 +191,16 @@ def test_manifest_and_collection_move_together(ucf_layout, tmp_path):
     moved = here.rename(tmp_path / "b")
     table = read_manifest(moved / "ucf.csv")
     assert all(table.path(i).is_file() and moved in table.path(i).parents for i in range(len(table)))
+
+
+def test_evaluate_and_export_read_a_manifest_split(ucf_manifest):
+    """``evaluate --data MANIFEST.csv#test`` and ``export --eval-data`` read records through read_records."""
+    from training.data.datasets import read_records, resolve_data
+
+    manifest, _ = ucf_manifest
+    test = read_records(resolve_data(f"{manifest}#test"))
+    assert len(test) == 4 and {r.split for r in test} == {"test"} and all(r.video.is_file() for r in test)
+    every = read_records(manifest)
+    assert len(every) == 12 and sorted({r.label for r in every}) == read_manifest(manifest).labels
+    with pytest.raises(FileNotFoundError):
+        resolve_data(f"{manifest.parent / 'nope.csv'}#test")

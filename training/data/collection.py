@@ -25,6 +25,7 @@ COLUMNS = ("path", "duration_s", "fps", "width", "height", "has_audio", "label",
            "end_s")
 LABEL_SEP = ";"
 VAL_SPLITS = ("val", "validation", "valid", "test")
+ALL_SPLITS = "*"  # a split name that selects every row
 
 
 class ManifestError(ValueError):
@@ -143,9 +144,12 @@ class ClipTable:
                          self.speaker_ids[idx], self.speakers)
 
     def select_split(self, split: str | None, val: bool = False) -> ClipTable:
-        """The rows of ``split``; None: the training rows (split ``train``, or all rows when no row has it), or with
-        ``val`` the first of val/validation/valid/test the manifest has (all rows when it has none)."""
+        """The rows of ``split`` (``*``: every row); None: the training rows (split ``train``, or all rows when no
+        row has it), or with ``val`` the first of val/validation/valid/test the manifest has (all rows when it has
+        none)."""
         names = {s: k for k, s in enumerate(self.splits)}
+        if split == ALL_SPLITS:
+            return self
         if split is not None:
             if split not in names:
                 raise ManifestError(f"the manifest has no split {split!r} (it has {sorted(s for s in names if s)})")

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from model_store.manifest import ClipSpec
 from model_store.media import Decoded, MediaLimits, cut_windows, decode, normalize_video
+from training.data.collection import ALL_SPLITS, is_manifest, read_manifest, split_spec
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def resolve_data(spec: str, cache_dir: str | Path = "data/synthav") -> Path:
     synth = parse_synth_spec(spec)
     if synth is None:
         path = Path(spec)
-        if not path.exists():
+        if not path.exists() and not is_manifest(spec):  # (a manifest may name its split: MANIFEST.csv#test)
             raise FileNotFoundError(f"no dataset at {path}")
         return path
     from training.data import synthav
@@ -98,7 +99,10 @@ def resolve_data(spec: str, cache_dir: str | Path = "data/synthav") -> Path:
 
 
 def read_records(root: str | Path) -> list[Record]:
-    """Records of an AV dataset directory, a ``path,label[,start,end]`` CSV, or a ``root/<class>/<video>`` tree."""
+    """Records of an AV dataset directory, a clip manifest (``prepare``'s; ``MANIFEST.csv#SPLIT`` for one split, else
+    all its rows), a ``path,label[,start,end]`` CSV, or a ``root/<class>/<video>`` tree."""
+    if is_manifest(root):
+        return _manifest_records(root)
     root = Path(root)
     if root.is_file() and root.suffix == ".csv":
         return _read_csv(root, root.parent)
@@ -111,6 +115,22 @@ def read_records(root: str | Path) -> list[Record]:
     ]
     if not records:
         raise FileNotFoundError(f"{root}: no index.csv, and no <class>/<video> files")
+    return records
+
+
+def _manifest_records(spec: str | Path) -> list[Record]:
+    file, split = split_spec(spec)
+    table = read_manifest(file, split=split or ALL_SPLITS)
+    records = []
+    for i in range(len(table)):
+        labels = table.row_labels(i)
+        if len(labels) > 1:
+            raise ValueError(f"{table.path(i)} has {len(labels)} labels; this reader takes one per clip")
+        lo, hi = table.start_s[i], table.end_s[i]
+        records.append(Record(video=table.path(i), label=labels[0] if labels else None,
+                              start_s=float(lo) if np.isfinite(lo) else None,
+                              end_s=float(hi) if np.isfinite(hi) else None,
+                              split=table.splits[table.split_ids[i]] or None))
     return records
 
 
