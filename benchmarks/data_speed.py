@@ -11,9 +11,10 @@ decode video and audio packets up to its end: no conversion, no resampling, one 
 25 fps, h264 (libx264, the given GOP length: 250 is x264's default, what an ``ffmpeg`` trim of a YouTube video gives,
 one keyframe per clip, so every window decodes from the clip's start; 50 is a keyframe every 2 s) with aac audio,
 made here with PyAV. The windows are the dataset's own draws (start from ``[seed, epoch, index]``), so both sides
-decode the same list. The first batch (worker start-up) is excluded from every timing. Every configuration runs in
-the same invocation, ``--rounds`` times in turn (the median is reported), so the ratios compare like with like; on a
-shared machine the absolute figures move.
+decode the same list; the last column cuts them from the decoded cache ``prepare --cache`` would write (the clips
+decoded once, memory-mapped). The first batch (worker start-up) is excluded from every timing. Every configuration
+runs in the same invocation, ``--rounds`` times in turn (the median is reported), so the ratios compare like with
+like; on a shared machine the absolute figures move.
 
 **Memory.** A manifest of ``--rows`` rows (the same few small clips repeated) is read into its
 :class:`~training.data.collection.ClipTable` and iterated for ``--memory-windows`` windows with 2 workers; the
@@ -41,6 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from model_store.manifest import ClipSpec  # noqa: E402
+from model_store.media import decode  # noqa: E402
+from training.data.cache import CacheWriter, DecodedCache, cache_dir  # noqa: E402
 from training.data.collection import ManifestRow, read_manifest, write_manifest  # noqa: E402
 from training.data.streaming import StreamingWindows, frame_start, seed_worker  # noqa: E402
 from training.models import clip_spec_for  # noqa: E402
@@ -140,12 +143,12 @@ def time_bare(windows: list[tuple[Path, float]], spec: ClipSpec, batch: int) -> 
     return (len(windows) - batch) / (time.perf_counter() - t)
 
 
-def time_stream(table, spec: ClipSpec, workers: int, n: int, batch: int) -> float:
+def time_stream(table, spec: ClipSpec, workers: int, n: int, batch: int, cache: DecodedCache | None = None) -> float:
     import torch
     from torch.utils.data import DataLoader, Subset
 
     torch.set_num_threads(1)
-    dataset = StreamingWindows(table, spec, np.zeros(len(table), dtype=np.int64), seed=SEED)
+    dataset = StreamingWindows(table, spec, np.zeros(len(table), dtype=np.int64), seed=SEED, cache=cache)
     loader = DataLoader(Subset(dataset, range(n)), batch_size=batch, num_workers=workers,
                         worker_init_fn=seed_worker if workers else None, prefetch_factor=2 if workers else None)
     it = iter(loader)
@@ -162,13 +165,22 @@ def speed(args: argparse.Namespace, tmp: Path) -> dict:
         clips = [make_clip(tmp / f"clip{k}_g{gop}.mp4", k, gop=gop) for k in range(args.clips)]
         table = read_manifest(manifest_of(clips, args.windows, tmp / f"speed_g{gop}.csv"))
         windows = windows_list(table, spec, args.windows)
+        writer = CacheWriter(cache_dir(tmp / f"speed_g{gop}.csv", spec), spec)  # what prepare --cache writes
+        t = time.perf_counter()
+        for key in dict.fromkeys(table.key(i) for i in range(len(table))):
+            writer.add(key, decode(key, spec))
+        cache = DecodedCache(writer.close())
+        cache_s = time.perf_counter() - t
         runs: dict[str, list[float]] = {}
         for _ in range(args.rounds):  # alternating, so that a busy spell of a shared machine hits every config
             runs.setdefault("bare_decode", []).append(time_bare(windows, spec, args.batch))
             for w in (0, 1, 2):
                 runs.setdefault(f"stream_{w}_workers", []).append(time_stream(table, spec, w, args.windows,
                                                                               args.batch))
-        row = {"gop": gop, **{k: float(np.median(v)) for k, v in runs.items()}, "rounds": runs}
+            runs.setdefault("cache_0_workers", []).append(time_stream(table, spec, 0, args.windows, args.batch,
+                                                                      cache))
+        row = {"gop": gop, **{k: float(np.median(v)) for k, v in runs.items()}, "rounds": runs,
+               "cache_write_s_per_clip": cache_s / len(cache)}
         for w in (0, 1, 2):
             row[f"ratio_{w}_workers"] = row[f"stream_{w}_workers"] / row["bare_decode"]
         print(json.dumps({k: round(v, 3) for k, v in row.items() if isinstance(v, float)} | {"gop": gop}), flush=True)
@@ -237,10 +249,12 @@ def markdown(res: dict) -> str:
         s = res["speed"]
         lines += [f"### Streaming windows/s ({s['clips']}; window: 16 frames at 8 fps, 64x64, 16 kHz; "
                   f"{s['windows']} windows, batch {s['batch']}; median of {s['rounds']} alternating rounds)", "",
-                  "| GOP | bare PyAV decode-only | stream, 0 workers | 1 worker | 2 workers |",
-                  "| --- | --- | --- | --- | --- |"]
+                  "| GOP | bare PyAV decode-only | stream, 0 workers | 1 worker | 2 workers | decoded cache, 0 "
+                  "workers |",
+                  "| --- | --- | --- | --- | --- | --- |"]
         for r in s["rows"]:
             cells = [f"{r[f'stream_{w}_workers']:.1f} ({r[f'ratio_{w}_workers']:.2f}x)" for w in (0, 1, 2)]
+            cells.append(f"{r['cache_0_workers']:.0f} ({r['cache_0_workers'] / r['bare_decode']:.0f}x)")
             lines.append(f"| {r['gop']} | {r['bare_decode']:.1f} | " + " | ".join(cells) + " |")
         lines.append("")
     if "memory" in res:

@@ -238,19 +238,27 @@ def window_starts(duration_s: float, spec: ClipSpec) -> np.ndarray:
     return starts
 
 
+def cut_window(decoded: Decoded, spec: ClipSpec, start_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """The window of a full decode that starts at ``start_s``: what :func:`cut_windows` cuts for each of its starts
+    (a decoded-clip cache cuts training windows with it too).
+
+    Shape: frames (T, H, W, 3) uint8, audio (S,) float32
+    """
+    first = int(round(start_s * spec.fps))
+    idx = np.minimum(np.arange(first, first + spec.frames), len(decoded.frames) - 1)  # short videos hold the last
+    a0 = int(round(start_s * spec.sample_rate))
+    audio = np.zeros(spec.audio_samples, dtype=np.float32)
+    chunk = decoded.audio[a0 : a0 + spec.audio_samples]
+    audio[: len(chunk)] = chunk
+    return decoded.frames[idx], audio
+
+
 def cut_windows(decoded: Decoded, spec: ClipSpec) -> Windows:
     starts = window_starts(decoded.duration_s, spec)
-    n_frames, n_audio = spec.frames, spec.audio_samples
-    video = np.empty((len(starts), n_frames, spec.height, spec.width, 3), dtype=np.uint8)
-    audio = np.zeros((len(starts), n_audio), dtype=np.float32)
-    last = len(decoded.frames) - 1
+    video = np.empty((len(starts), spec.frames, spec.height, spec.width, 3), dtype=np.uint8)
+    audio = np.zeros((len(starts), spec.audio_samples), dtype=np.float32)
     for i, s in enumerate(starts):
-        first = int(round(s * spec.fps))
-        idx = np.minimum(np.arange(first, first + n_frames), last)  # short videos hold their last frame
-        video[i] = decoded.frames[idx]
-        a0 = int(round(s * spec.sample_rate))
-        chunk = decoded.audio[a0 : a0 + n_audio]
-        audio[i, : len(chunk)] = chunk
+        video[i], audio[i] = cut_window(decoded, spec, float(s))
     return Windows(video=video, audio=audio, starts_s=starts, duration_s=decoded.duration_s,
                    has_audio=decoded.has_audio)
 

@@ -28,6 +28,7 @@ from training.data.streaming import (
     StreamingWindows,
     StreamOptions,
     cat_clip_windows,
+    find_cache,
     normalize_frames,
     seed_worker,
 )
@@ -186,7 +187,7 @@ def train_action(cfg: ActionTrainConfig, init_state: dict[str, torch.Tensor] | N
             train_table = read_manifest(cfg.data.train)
             labels = resolve_labels(cfg.labels, set(train_table.labels))
             train_set = StreamingWindows(train_table, clip, train_table.label_index(labels), seed=cfg.seed,
-                                         options=cfg.stream)
+                                         options=cfg.stream, cache=find_cache(train_table, clip, cfg.stream))
         else:
             records = read_records(resolve_data(cfg.data.train, cfg.data.cache_dir))
             labels = resolve_labels(cfg.labels, {r.label for r in records if r.label is not None})
@@ -309,7 +310,8 @@ def make_val_loader(cfg: ActionTrainConfig, clip: ClipSpec, labels: list[str], r
         table: ClipTable = read_manifest(cfg.data.val, val=True)
         mine = table.take(range(rank, len(table), world_size))
         workers = cfg.stream.workers
-        return DataLoader(ClipWindows(mine, clip, mine.label_index(labels)), batch_size=8,
+        return DataLoader(ClipWindows(mine, clip, mine.label_index(labels), cache=find_cache(table, clip, cfg.stream)),
+                          batch_size=8,
                           collate_fn=cat_clip_windows, num_workers=workers,
                           worker_init_fn=seed_worker if workers else None)
     val_clips = load_split(cfg.data.val, clip, labels, cfg.data, cfg.progress)

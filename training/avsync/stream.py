@@ -8,6 +8,7 @@ DataLoader workers (:func:`model_store.media.decode_span` over both windows, one
   silent, never becomes an in-sync positive (it is replaced by another draw and counted as ``silent``).
 - A window that fails to decode is replaced by another draw (``[seed, step, k, attempt]``) and counted
   (:class:`~training.data.streaming.FailureMeter`).
+- Clips a decoded cache holds (``prepare --cache``) are cut from it instead of decoded.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from model_store.manifest import ClipSpec
-from model_store.media import MediaError, MediaLimits, decode_span
+from model_store.media import MediaError, MediaLimits, cut_window, decode_span
 from training.avsync.pairs import Pair, draw_batch, draw_pair, heldout_pairs
+from training.data.cache import DecodedCache
 from training.data.collection import ClipTable
 from training.data.streaming import StreamOptions, normalize_frames, seed_worker
 
@@ -104,8 +106,8 @@ class PairWindows(Dataset):
     failures, silent, lost)``; ``lost``: no draw succeeded in ``retries`` replacements (zeros then)."""
 
     def __init__(self, source: PairSource, seed: int, options: StreamOptions, limits: MediaLimits | None = None,
-                 retries: int | None = None) -> None:
-        self.source, self.seed, self.options = source, seed, options
+                 retries: int | None = None, cache: DecodedCache | None = None) -> None:
+        self.source, self.seed, self.options, self.cache = source, seed, options, cache
         self.limits = limits or MediaLimits()
         self.retries = options.retries if retries is None else retries
         self._bad: set[int] = set()
@@ -138,6 +140,10 @@ class PairWindows(Dataset):
         if job.row in self._bad:
             return None
         clip = self.source.clip
+        cached = self.cache.get(self.source.table.key(job.row)) if self.cache is not None else None
+        if cached is not None:
+            frames, own = cut_window(cached, clip, job.video_s)
+            return frames, own, cut_window(cached, clip, job.audio_s)[1]
         path = self.source.table.path(job.row)
         lo, hi = min(job.video_s, job.audio_s), max(job.video_s, job.audio_s) + clip.window_s
         try:

@@ -33,7 +33,7 @@ from training.avsync.pairs import PAPER_SHIFT, Pair, draw_batch, has_audio, held
 from training.avsync.stream import PairSource, PairWindows, StepJobs, model_inputs, pair_loader
 from training.data.collection import is_manifest, read_manifest
 from training.data.datasets import ClipData, load_clips, read_records, resolve_data
-from training.data.streaming import DataFailure, FailureMeter, StreamOptions
+from training.data.streaming import DataFailure, FailureMeter, StreamOptions, find_cache
 from training.engine import Loop, Run, RunOptions, fit_to_best, val_metrics
 from training.models import clip_spec_for, create_model, model_config
 from training.utils import load_checkpoint
@@ -309,6 +309,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                 raise ValueError(f"data.train is a manifest: data.val must be one too (got {cfg.data.val!r})")
             train_src = PairSource(read_manifest(cfg.data.train), clip, shifts)
             val_src = PairSource(read_manifest(cfg.data.val, val=True), clip, shifts)
+            caches = (find_cache(train_src.table, clip, cfg.stream), find_cache(val_src.table, clip, cfg.stream))
             n_train, val_pairs = len(train_src), val_src.heldout_jobs()
         else:
             train_clips = load_decoded(cfg.data.train, clip, cfg.data, cfg.progress)
@@ -348,7 +349,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         if stream["next"] != i:  # first step, or after a resume: batches from step i on (a pure function of i)
             mine = run.shard(range(cfg.optim.batch_size))
             jobs = StepJobs(train_src, cfg.seed, i, cfg.optim.steps, cfg.optim.batch_size, cfg.flip, other, mine)
-            dataset = PairWindows(train_src, cfg.seed, cfg.stream)
+            dataset = PairWindows(train_src, cfg.seed, cfg.stream, cache=caches[0])
             stream["it"] = iter(pair_loader(dataset, jobs, cfg.stream.workers, cfg.stream.prefetch,
                                             device.type == "cuda", cfg.seed * 100_003 + i))
         batch = next(stream["it"])
@@ -380,7 +381,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     def round_end(_r: int, done: int) -> dict[str, float]:
         nonlocal t_round
         if streaming:
-            loader = pair_loader(PairWindows(val_src, cfg.seed, cfg.stream, retries=0),
+            loader = pair_loader(PairWindows(val_src, cfg.seed, cfg.stream, retries=0, cache=caches[1]),
                                  [val_pairs[run.rank::run.world_size][s:s + 32]
                                   for s in range(0, len(val_pairs[run.rank::run.world_size]), 32)],
                                  cfg.stream.workers, cfg.stream.prefetch, device.type == "cuda", cfg.seed)

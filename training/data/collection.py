@@ -111,6 +111,7 @@ class ClipTable:
     splits: list[str]
     speaker_ids: np.ndarray  # int32 into speakers
     speakers: list[str]
+    manifest: Path | None = None  # the file it was read from (a decoded cache lives beside it)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -118,6 +119,10 @@ class ClipTable:
     def path(self, i: int) -> Path:
         p = Path(os.fsdecode(self.paths[i]))
         return p if p.is_absolute() else self.root / p
+
+    def key(self, i: int) -> str:
+        """Row ``i``'s path as the manifest writes it (what a decoded cache is keyed by)."""
+        return os.fsdecode(self.paths[i])
 
     def row_labels(self, i: int) -> list[str]:
         return [self.labels[k] for k in self.label_ids[self.label_ptr[i]:self.label_ptr[i + 1]]]
@@ -141,7 +146,7 @@ class ClipTable:
                if len(idx) else np.zeros(0, np.int32)).astype(np.int32)
         return ClipTable(self.root, self.paths[idx], self.duration_s[idx], self.has_audio[idx], self.start_s[idx],
                          self.end_s[idx], ptr, ids, self.labels, self.split_ids[idx], self.splits,
-                         self.speaker_ids[idx], self.speakers)
+                         self.speaker_ids[idx], self.speakers, self.manifest)
 
     def select_split(self, split: str | None, val: bool = False) -> ClipTable:
         """The rows of ``split`` (``*``: every row); None: the training rows (split ``train``, or all rows when no
@@ -232,5 +237,6 @@ def read_manifest(spec: str | Path, split: str | None = None, val: bool = False)
         splits=list(splits),
         speaker_ids=np.array(speaker_codes, dtype=np.int32),
         speakers=list(speakers),
+        manifest=file.resolve(),
     )
     return table.select_split(split if split is not None else suffix, val=val)

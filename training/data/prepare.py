@@ -19,10 +19,13 @@ progress bar. Usable clips go to the manifest (:mod:`training.data.collection`);
 or truncated stream), ``no_audio`` (unless ``--allow-silent``), ``too_short`` (``--min-duration``) or
 ``over_limits`` (``--max-duration``, pixels, streams). Labels come from the data; layouts without an official split
 can be split by ``--val-fraction`` (per video, or per speaker for talking heads, so that splits share no speaker).
+``--cache MODEL`` also decodes every usable clip at the model's clip spec into a memory-mapped cache beside the
+manifest (:mod:`training.data.cache`), which the streaming datasets read instead of decoding.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -36,7 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model_store.manifest import ClipSpec
-from model_store.media import MediaError, MediaLimits, decode_span, probe
+from model_store.media import Decoded, MediaError, MediaLimits, decode, decode_span, probe
+from training.data.cache import CacheWriter, cache_dir, spec_key
 from training.data.collection import LABEL_SEP, ManifestRow, write_manifest
 
 log = logging.getLogger(__name__)
@@ -290,19 +294,28 @@ def check_file(entry: Entry, checks: Checks) -> ManifestRow | Skipped:
                        split=entry.split, speaker=entry.speaker, start_s=entry.start_s, end_s=entry.end_s)
 
 
-def _check_job(args: tuple[Entry, Checks]) -> ManifestRow | Skipped:
-    entry, checks = args
+def _check_job(args: tuple[Entry, Checks, dict[str, ClipSpec]]) -> tuple[ManifestRow | Skipped, dict[str, Decoded]]:
+    """Check one file and, when it is usable and a cache is asked for, decode it whole at each cache's spec."""
+    entry, checks, specs = args
     try:
-        return check_file(*args)
+        result = check_file(entry, checks)
+        decoded = {}
+        if isinstance(result, ManifestRow):
+            for key, spec in specs.items():
+                decoded[key] = decode(entry.path, spec, checks.limits)
+        return result, decoded
+    except MediaError as exc:  # the whole file decoded for the cache: broken past its ends
+        return Skipped(str(entry.path), "undecodable", exc.detail), {}
     except Exception as exc:  # noqa: BLE001 - one bad file must not end a run over a million
-        return Skipped(str(entry.path), "undecodable", f"{type(exc).__name__}: {exc}")
+        return Skipped(str(entry.path), "undecodable", f"{type(exc).__name__}: {exc}"), {}
 
 
 def prepare(source: str | Path, out: str | Path, layout: str = "auto", workers: int = 2,
             videos: str | Path | None = None, naming: str | None = None, lists: str | Path | None = None,
-            fold: int = 1, val_fraction: float = 0.0, checks: Checks = Checks(),
-            progress: bool = True) -> dict:
-    """Write the manifest ``out`` and its skipped-files report; returns the summary that the CLI prints."""
+            fold: int = 1, val_fraction: float = 0.0, checks: Checks = Checks(), progress: bool = True,
+            cache: Sequence[ClipSpec] = ()) -> dict:
+    """Write the manifest ``out`` and its skipped-files report (and, for each clip spec in ``cache``, the decoded
+    cache of the usable clips beside it, :mod:`training.data.cache`); returns the summary the CLI prints."""
     source, out = Path(source), Path(out)
     if layout == "auto":
         layout = detect_layout(source)
@@ -311,17 +324,28 @@ def prepare(source: str | Path, out: str | Path, layout: str = "auto", workers: 
     entries = list_entries(source, layout, Path(videos) if videos else None, naming,
                            Path(lists) if lists else None, fold)
     assign_splits(entries, val_fraction, by_speaker=layout == "talking_heads")
-    jobs = [(e, checks) for e in entries]
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            results = list(_progress(pool.map(_check_job, jobs, chunksize=max(1, min(16, len(jobs) // (8 * workers)))),
-                                     len(jobs), progress))
-    else:
-        results = [_check_job(j) for j in _progress(jobs, len(jobs), progress)]
+    specs = {spec_key(s): s for s in cache}
+    writers = {key: CacheWriter(cache_dir(out, spec), spec) for key, spec in specs.items()}
+    jobs = [(e, checks, specs) for e in entries]
     base = out.parent.resolve()
-    rows = [_relative(r, base) for r in results if isinstance(r, ManifestRow)]
-    skipped = [r for r in results if isinstance(r, Skipped)]
+    rows: list[ManifestRow] = []
+    skipped: list[Skipped] = []
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(workers))
+            results = pool.map(_check_job, jobs, chunksize=max(1, min(16, len(jobs) // (8 * workers))))
+        else:
+            results = map(_check_job, jobs)
+        for result, decoded in _progress(results, len(jobs), progress):  # in order, written as they come
+            if isinstance(result, Skipped):
+                skipped.append(result)
+                continue
+            row = _relative(result, base)
+            rows.append(row)
+            for key, d in decoded.items():
+                writers[key].add(row.path, d)
     write_manifest(out, rows)
+    caches = {key: str(w.close()) for key, w in writers.items()}
     report = skipped_path(out)
     tmp = report.with_name(f".{report.name}.{os.getpid()}.tmp")
     with tmp.open("w", newline="", encoding="utf-8") as fh:
@@ -338,6 +362,8 @@ def prepare(source: str | Path, out: str | Path, layout: str = "auto", workers: 
         "splits": dict(sorted(Counter(r.split for r in rows).items())),
         "speakers": len({r.speaker for r in rows if r.speaker}), "silent_clips": sum(not r.has_audio for r in rows),
     }
+    if caches:
+        summary["caches"] = caches
     log.info("prepare: %d of %d clips usable, skipped %s", len(rows), len(entries), summary["skipped"])
     return summary
 
@@ -382,6 +408,9 @@ def add_parser(sub) -> None:  # noqa: ANN001 - argparse's private subparsers typ
     p.add_argument("--min-duration", type=float, default=1.0, help="skip clips shorter than this (s)")
     p.add_argument("--max-duration", type=float, default=MediaLimits.max_duration_s, help="skip longer clips (s)")
     p.add_argument("--allow-silent", action="store_true", help="keep clips without audio (has_audio=0)")
+    p.add_argument("--cache", default="", metavar="MODEL[,MODEL]",
+                   help="also decode every usable clip at these models' clip specs into MANIFEST.cache/ (sharded "
+                        "arrays that training memory-maps instead of decoding)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_prepare)
 
@@ -395,10 +424,13 @@ def _cmd_prepare(args) -> int:  # noqa: ANN001
     checks = Checks(min_duration_s=args.min_duration, allow_silent=args.allow_silent,
                     limits=MediaLimits(max_duration_s=args.max_duration))
     try:
+        from training.models import clip_spec_for
+
+        cache = [clip_spec_for(name) for name in filter(None, args.cache.split(","))]
         summary = prepare(args.source, args.out, layout=args.layout, workers=args.workers, videos=args.videos,
                           naming=args.naming, lists=args.lists, fold=args.fold, val_fraction=args.val_fraction,
-                          checks=checks, progress=not args.quiet)
-    except (LayoutError, FileNotFoundError) as exc:
+                          checks=checks, progress=not args.quiet, cache=cache)
+    except (LayoutError, FileNotFoundError, KeyError) as exc:
         print(f"prepare: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(summary))

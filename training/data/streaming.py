@@ -12,6 +12,8 @@
   ``max_failure_rate`` (or a window finds no decodable replacement at all).
 - **Memory**: the dataset holds the manifest as numpy arrays (:class:`~training.data.collection.ClipTable`), so
   forked workers share its pages.
+- **Decoded cache**: with a cache beside the manifest (``prepare --cache MODEL``, :mod:`training.data.cache`), the
+  clips it holds are cut from its memory-mapped arrays instead (the same windows, without decoding).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import torch
 from torch.utils.data import Dataset
 
 from model_store.manifest import ClipSpec
-from model_store.media import MediaError, MediaLimits, decode_span, decode_window, window_starts
+from model_store.media import MediaError, MediaLimits, Window, cut_window, decode_span, decode_window, window_starts
+from training.data.cache import DecodedCache
 from training.data.collection import ClipTable
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,7 @@ class StreamOptions:
     retries: int = 8  # replacement windows tried for one that fails, before it counts as lost
     max_failure_rate: float = 0.05  # the run stops when more than this share of windows failed to decode ...
     failure_grace: int = 200  # ... once this many windows were drawn (a lost window stops it at once)
+    cache: bool = True  # cut windows from prepare's decoded cache of the run's clip spec when there is one
 
 
 class DataFailure(RuntimeError):
@@ -70,6 +74,17 @@ def normalize_frames(video: torch.Tensor, spec: ClipSpec) -> torch.Tensor:
     return x.movedim(-1, -4).contiguous()
 
 
+def find_cache(table: ClipTable, spec: ClipSpec, options: StreamOptions | None = None) -> DecodedCache | None:
+    """The decoded cache of ``table``'s manifest at ``spec`` (``prepare --cache``), if one was written (and
+    ``options.cache`` allows it)."""
+    if table.manifest is None or (options is not None and not options.cache):
+        return None
+    cache = DecodedCache.find(table.manifest, spec)
+    if cache is not None:
+        log.info("reading %d decoded clips from %s", len(cache), cache.root)
+    return cache
+
+
 def frame_start(rng: np.random.Generator, lo: float, hi: float, spec: ClipSpec) -> float:
     """A random window start in the span ``[lo, hi]``, in whole frames from ``lo`` (audio and frames stay on one
     grid): the rule the in-RAM :class:`~training.data.datasets.WindowDataset` draws with."""
@@ -86,11 +101,12 @@ class StreamingWindows(Dataset):
     """
 
     def __init__(self, table: ClipTable, spec: ClipSpec, targets: np.ndarray, seed: int = 0,
-                 options: StreamOptions | None = None, limits: MediaLimits | None = None) -> None:
+                 options: StreamOptions | None = None, limits: MediaLimits | None = None,
+                 cache: DecodedCache | None = None) -> None:
         if len(targets) != len(table):
             raise ValueError(f"{len(targets)} targets for {len(table)} clips")
         self.table, self.spec, self.targets, self.seed = table, spec, np.asarray(targets), seed
-        self.options, self.limits = options or StreamOptions(), limits or MediaLimits()
+        self.options, self.limits, self.cache = options or StreamOptions(), limits or MediaLimits(), cache
         self.epoch = 0
         self._bad: set[int] = set()  # rows this process saw fail (not decoded again)
 
@@ -114,9 +130,13 @@ class StreamingWindows(Dataset):
         return (torch.zeros((spec.frames, spec.height, spec.width, 3), dtype=torch.uint8),
                 torch.zeros(spec.audio_samples), torch.as_tensor(self.targets[int(i)]), int(i), failures, True)
 
-    def _decode(self, row: int, start: float):
+    def _decode(self, row: int, start: float) -> Window | None:
         if row in self._bad:
             return None
+        cached = self.cache.get(self.table.key(row)) if self.cache is not None else None
+        if cached is not None:
+            video, audio = cut_window(cached, self.spec, start)
+            return Window(video=video, audio=audio, start_s=start, has_audio=cached.has_audio)
         path = self.table.path(row)
         try:
             return decode_window(path, self.spec, start, self.limits)
@@ -132,9 +152,9 @@ class ClipWindows(Dataset):
     batch them with :func:`cat_clip_windows`."""
 
     def __init__(self, table: ClipTable, spec: ClipSpec, targets: np.ndarray,
-                 limits: MediaLimits | None = None) -> None:
+                 limits: MediaLimits | None = None, cache: DecodedCache | None = None) -> None:
         self.table, self.spec, self.targets = table, spec, np.asarray(targets)
-        self.limits = limits or MediaLimits()
+        self.limits, self.cache = limits or MediaLimits(), cache
 
     def __len__(self) -> int:
         return len(self.table)
@@ -142,10 +162,14 @@ class ClipWindows(Dataset):
     def __getitem__(self, i: int):
         lo, hi = self.table.span(i)
         path, spec = self.table.path(i), self.spec
+        starts = lo + window_starts(hi - lo, spec)
+        cached = self.cache.get(self.table.key(i)) if self.cache is not None else None
         try:
-            span = decode_span(path, spec, lo, max(hi, lo + spec.window_s), self.limits)
-            starts = lo + window_starts(hi - lo, spec)
-            pairs = [span.window(spec, float(s)) for s in starts]
+            if cached is not None:
+                pairs = [cut_window(cached, spec, float(s)) for s in starts]
+            else:
+                span = decode_span(path, spec, lo, max(hi, lo + spec.window_s), self.limits)
+                pairs = [span.window(spec, float(s)) for s in starts]
         except (MediaError, OSError, ValueError) as exc:
             log.warning("evaluation skips %s: %s", path, exc)
             return (torch.zeros((0, spec.frames, spec.height, spec.width, 3), dtype=torch.uint8),
