@@ -140,11 +140,13 @@ def _audio_resampler(spec: ClipSpec) -> av.AudioResampler:
 def _rgb_converter(spec: ClipSpec) -> Callable[[av.VideoFrame], np.ndarray]:
     """A decoded frame -> (H, W, 3) uint8 RGB at the spec's size: the one resize both decoders share. One scaler
     serves the whole decode (``frame.to_ndarray(width=, height=)`` builds a new one per frame, which costs ~15x the
-    scaling of a 640x360 frame to 64x64; the pixels are the same)."""
+    scaling of a 640x360 frame to 64x64; the pixels are the same). One thread: swscale's default slice threads (one
+    per CPU) cost more than they save at model sizes, and each DataLoader worker decodes on one core."""
     reformatter = VideoReformatter()
 
     def to_rgb(frame: av.VideoFrame) -> np.ndarray:
-        return reformatter.reformat(frame, width=spec.width, height=spec.height, format="rgb24").to_ndarray()
+        return reformatter.reformat(frame, width=spec.width, height=spec.height, format="rgb24",
+                                    threads=1).to_ndarray()
 
     return to_rgb
 
