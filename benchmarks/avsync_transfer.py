@@ -70,7 +70,7 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict:
     model = build_from_config(ckpt["model"], ckpt["model_config"])
     model.load_state_dict(ckpt["state_dict"])
     torch.set_num_threads(1)
-    test_clips = load_split(args.test, clip_spec_for(model_name), cfg.labels, DataConfig(cache_dir=args.cache_dir,
+    test_clips = load_split(args.test, clip_spec_for(model_name), ckpt["labels"], DataConfig(cache_dir=args.cache_dir,
                             workers=1), progress=False)
     loader = DataLoader(WindowDataset(test_clips, clip_spec_for(model_name), train=False), batch_size=64)
     test = evaluate(model, loader, nn.CrossEntropyLoss(), torch.device("cpu"))

@@ -294,6 +294,16 @@ class _MonoTrack:
         return self.chunks
 
 
+def _audio_resampler(spec: ClipSpec) -> av.AudioResampler:
+    """Mono float32 at the spec's rate, for :func:`decode_span` (which resamples only from just before its window)."""
+    return av.AudioResampler(format="flt", layout="mono", rate=spec.sample_rate)
+
+
+def _rgb_converter(spec: ClipSpec) -> Callable[[av.VideoFrame], np.ndarray]:
+    """A decoded frame -> (H, W, 3) uint8 RGB at the spec's size: the one :class:`FrameScaler` both decoders use."""
+    return FrameScaler(spec.width, spec.height)
+
+
 def decode(source: Source, spec: ClipSpec, limits: MediaLimits = MediaLimits(),
            stop: Callable[[], bool] | None = None, threads: int = 0) -> Decoded:
     """Probe, then decode the whole file at the spec's fps, size and sample rate.
@@ -395,19 +405,27 @@ def window_starts(duration_s: float, spec: ClipSpec) -> np.ndarray:
     return starts
 
 
+def cut_window(decoded: Decoded, spec: ClipSpec, start_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """The window of a full decode that starts at ``start_s``: what :func:`cut_windows` cuts for each of its starts
+    (a decoded-clip cache cuts training windows with it too).
+
+    Shape: frames (T, H, W, 3) uint8, audio (S,) float32
+    """
+    first = int(round(start_s * spec.fps))
+    idx = np.minimum(np.arange(first, first + spec.frames), len(decoded.frames) - 1)  # short videos hold the last
+    a0 = int(round(start_s * spec.sample_rate))
+    audio = np.zeros(spec.audio_samples, dtype=np.float32)
+    chunk = decoded.audio[a0 : a0 + spec.audio_samples]
+    audio[: len(chunk)] = chunk
+    return decoded.frames[idx], audio
+
+
 def cut_windows(decoded: Decoded, spec: ClipSpec) -> Windows:
     starts = window_starts(decoded.duration_s, spec)
-    n_frames, n_audio = spec.frames, spec.audio_samples
-    video = np.empty((len(starts), n_frames, spec.height, spec.width, 3), dtype=np.uint8)
-    audio = np.zeros((len(starts), n_audio), dtype=np.float32)
-    last = len(decoded.frames) - 1
+    video = np.empty((len(starts), spec.frames, spec.height, spec.width, 3), dtype=np.uint8)
+    audio = np.zeros((len(starts), spec.audio_samples), dtype=np.float32)
     for i, s in enumerate(starts):
-        first = int(round(s * spec.fps))
-        idx = np.minimum(np.arange(first, first + n_frames), last)  # short videos hold their last frame
-        video[i] = decoded.frames[idx]
-        a0 = int(round(s * spec.sample_rate))
-        chunk = decoded.audio[a0 : a0 + n_audio]
-        audio[i, : len(chunk)] = chunk
+        video[i], audio[i] = cut_window(decoded, spec, float(s))
     return Windows(video=video, audio=audio, starts_s=starts, duration_s=decoded.duration_s,
                    has_audio=decoded.has_audio)
 
@@ -416,6 +434,297 @@ def load_windows(source: Source, spec: ClipSpec, limits: MediaLimits = MediaLimi
                  stop: Callable[[], bool] | None = None, threads: int = 0) -> Windows:
     """:func:`decode`, then :func:`cut_windows`: the sliding windows of the whole video."""
     return cut_windows(decode(source, spec, limits, stop, threads), spec)
+
+
+# ------------------------------------------------------------------------------------------ windowed decoding
+
+# how far before the first frame or sample it needs a windowed decode seeks: an AAC frame (the one decoded right
+# after a seek lacks its overlap and is dropped), the resampler's filter and the sample-grid trim fit in it
+SEEK_MARGIN_S = 0.25
+AUDIO_PREROLL_S = 0.08  # audio dropped after a seek (Opus's pre-roll; at least one AAC frame)
+RESAMPLER_WARMUP_S = 0.02  # resampled before the first sample needed: the resampler's filter reaches 2-3 ms back
+
+
+@dataclass
+class Span:
+    """Frames and audio decoded for one stretch of a video, on the grids :func:`decode` uses: ``frames[k]`` is
+    the spec-fps frame ``first_frame + k`` of the whole video and ``audio[k]`` its spec-rate sample
+    ``first_sample + k`` (both counted from the first video frame). Frames past the video's end hold its last
+    frame, as :func:`cut_windows` holds it. ``last_frame``, ``n_samples`` and ``duration_s`` are the whole
+    video's last frame index, audio length and duration (as :func:`decode` measures it) when the stretch reached
+    its end (None otherwise).
+    """
+
+    frames: np.ndarray  # (N, H, W, 3) uint8
+    audio: np.ndarray  # (S,) float32
+    first_frame: int
+    first_sample: int
+    last_frame: int | None
+    n_samples: int | None
+    duration_s: float | None
+    has_audio: bool
+    decoded_from_s: float  # the first decoded frame's time: the keyframe the seek found (0.0: from the start)
+
+    def window(self, spec: ClipSpec, start_s: float) -> tuple[np.ndarray, np.ndarray]:
+        """The window starting at ``start_s``, as :func:`cut_windows` cuts it from a full decode.
+
+        Shape: frames (T, H, W, 3) uint8, audio (S,) float32
+        """
+        first = int(round(start_s * spec.fps)) - self.first_frame
+        if first < 0 or first + spec.frames > len(self.frames):
+            raise ValueError(f"the window at {start_s:.3f} s lies outside the decoded frames")
+        a0 = int(round(start_s * spec.sample_rate))
+        audio = np.zeros(spec.audio_samples, dtype=np.float32)
+        lo = max(a0, self.first_sample)
+        hi = min(a0 + spec.audio_samples, self.first_sample + len(self.audio))
+        if self.n_samples is not None:
+            hi = min(hi, self.n_samples)
+        if hi > lo:
+            audio[lo - a0 : hi - a0] = self.audio[lo - self.first_sample : hi - self.first_sample]
+        return self.frames[first:first + spec.frames], audio
+
+
+@dataclass
+class Window:
+    video: np.ndarray  # (T, H, W, 3) uint8
+    audio: np.ndarray  # (S,) float32
+    start_s: float
+    has_audio: bool
+
+
+def decode_window(source: Source, spec: ClipSpec, start_s: float, limits: MediaLimits = MediaLimits()) -> Window:
+    """One window starting at ``start_s`` (seconds from the first video frame): seek, then decode forward only as
+    far as the window needs. The frames and samples equal those :func:`cut_windows` cuts from :func:`decode` of the
+    whole file at the same start (``tests/model_store/test_media_window.py``)."""
+    span = decode_span(source, spec, start_s, start_s + spec.window_s, limits)
+    video, audio = span.window(spec, start_s)
+    return Window(video=video, audio=audio, start_s=start_s, has_audio=span.has_audio)
+
+
+def decode_span(source: Source, spec: ClipSpec, start_s: float, end_s: float,
+                limits: MediaLimits = MediaLimits()) -> Span:
+    """Probe, seek to the keyframe before ``start_s``, decode forward to ``end_s``: every window that starts in
+    ``[start_s, end_s - window]`` can then be cut with :meth:`Span.window`. Raises :class:`MediaError`."""
+    if not (math.isfinite(start_s) and math.isfinite(end_s)) or start_s < 0 or end_s < start_s:
+        raise MediaError(f"no span [{start_s}, {end_s}] s to decode")
+    f_lo, a_lo = int(round(start_s * spec.fps)), int(round(start_s * spec.sample_rate))
+    last_start = max(start_s, end_s - spec.window_s)
+    f_hi = int(round(last_start * spec.fps)) + spec.frames
+    a_hi = int(round(last_start * spec.sample_rate)) + spec.audio_samples + 1
+    seek_s = min(f_lo / spec.fps, a_lo / spec.sample_rate) - SEEK_MARGIN_S
+    # after a seek that landed past the span (no index, odd keyframes, no timestamps): again, from the start
+    for seek in ([seek_s, None] if seek_s > 0 else [None]):
+        with open_media(source) as container:
+            info = _probe_open(container, limits)
+            container.streams.video[0].thread_type = "AUTO"
+            try:
+                span = _decode_span(container, info, spec, (f_lo, f_hi), (a_lo, a_hi), limits, seek)
+            except av.FFmpegError as exc:
+                raise MediaError(f"the file could not be decoded: {exc}") from exc
+        if span is not None:
+            return span
+    raise AssertionError("decoding from the start always gives the span")
+
+
+def _start_time(stream: av.stream.Stream) -> float | None:
+    if stream.start_time is None or stream.time_base is None:
+        return None
+    return float(stream.start_time * stream.time_base)
+
+
+def _decode_span(container: av.container.InputContainer, info: ProbeInfo, spec: ClipSpec,
+                 frames_needed: tuple[int, int], samples_needed: tuple[int, int], limits: MediaLimits,
+                 seek_s: float | None) -> Span | None:
+    """Frame targets ``[f_lo, f_hi)`` and samples ``[a_lo, a_hi)``, seeking to ``seek_s`` first (None: from the
+    start, exactly as :func:`decode` walks the file). None when the seek landed past what is needed."""
+    (f_lo, f_hi), (a_lo, a_hi) = frames_needed, samples_needed
+    vstream = container.streams.video[0]
+    astream = container.streams.audio[0] if info.has_audio else None
+    step, sr = 1.0 / spec.fps, spec.sample_rate
+    src_rate = vstream.average_rate or vstream.guessed_rate
+    src_step = 1.0 / float(src_rate) if src_rate else step
+    # the clocks: from the stream headers after a seek, else from the first frames (as decode reads them)
+    t0_video = _start_time(vstream) if seek_s is not None else None
+    t0_audio = _start_time(astream) if seek_s is not None and astream is not None else None
+    if seek_s is not None:
+        if t0_video is None or vstream.time_base is None:
+            return None  # no clock to seek by
+        container.seek(int((t0_video + seek_s) / vstream.time_base), stream=vstream, backward=True)
+    to_rgb = _rgb_converter(spec)
+    horizon = limits.max_duration_s + 1.0
+
+    # video: target i shows the last frame at or before i * step (as decode's emit_until)
+    out = [None] * (f_hi - f_lo)  # rgb frames of targets f_lo..f_hi-1
+    next_target: int | None = None  # the first target not given a frame yet
+    prev, prev_rgb = None, None
+    last_target = (-1, None)  # (index, frame) of the latest target given a frame
+    last_t = first_t = 0.0
+    video_done = False
+    n_src = 0
+
+    def assign(until_t: float) -> None:
+        nonlocal next_target, prev_rgb, last_target
+        while next_target * step < until_t - 1e-6:
+            i = next_target
+            if f_lo <= i < f_hi:
+                if prev_rgb is None:
+                    prev_rgb = to_rgb(prev)
+                out[i - f_lo] = prev_rgb
+            last_target = (i, prev)
+            next_target += 1
+
+    # audio: resampled samples of the stream (from its first sample) starting at `q0`, trimmed onto the grid on
+    # which a resampler fed from the stream's start puts its output, so that they equal decode's samples
+    resampler = _audio_resampler(spec)
+    chunks: list[np.ndarray] = []
+    q0: int | None = None
+    n_audio = 0
+    preroll = 0.0  # seconds of audio dropped after the seek
+
+    def feed(frame: av.AudioFrame) -> None:
+        nonlocal q0, n_audio, preroll
+        src_sr = frame.sample_rate
+        if q0 is None:
+            if frame.time is None or t0_audio is None:
+                if seek_s is not None:
+                    raise _Unseekable
+                p = 0
+            else:
+                p = int(round((float(frame.time) - t0_audio) * src_sr))
+                if astream.time_base is not None and astream.time_base > Fraction(1, src_sr):
+                    # timestamps coarser than a sample (Matroska's ms): frames hold a fixed count of samples
+                    p = int(round(p / frame.samples)) * frame.samples
+            if seek_s is not None and p > 0 and preroll < AUDIO_PREROLL_S:
+                # decoded without the frames before it (AAC's overlap, Opus's pre-roll): not what decode saw
+                preroll += frame.samples / src_sr
+                return
+            if seek_s is not None and t0_video is not None:
+                # decoded (the decoder needs them) but not resampled: frames that end well before the span
+                first_needed = (a_lo - _audio_offset(t0_audio, t0_video, sr)) / sr * src_sr
+                if p + frame.samples < first_needed - RESAMPLER_WARMUP_S * src_sr:
+                    return
+            g = src_sr // math.gcd(src_sr, sr)
+            m = -(-p // g) * g  # the first source sample at or after p that falls on an output sample
+            if m >= p + frame.samples:
+                return
+            if m > p:
+                frame = _trim_audio(frame, m - p)
+            q0 = m * sr // src_sr
+        for res in resampler.resample(frame):
+            chunk = res.to_ndarray().reshape(-1)
+            chunks.append(chunk)
+            n_audio += len(chunk)
+
+    def audio_enough() -> bool:
+        if astream is None:
+            return True
+        if q0 is None or t0_video is None or t0_audio is None:
+            return False
+        return q0 + _audio_offset(t0_audio, t0_video, sr) + n_audio >= a_hi
+
+    streams = [vstream] + ([astream] if astream is not None else [])
+    try:
+        for packet in container.demux(*streams):
+            for frame in packet.decode():
+                if isinstance(frame, av.VideoFrame):
+                    if video_done or (seek_s is not None and next_target is None and not frame.key_frame):
+                        continue  # after a seek, frames before the first keyframe may lack their references
+                    if frame.time is None:
+                        if seek_s is not None:
+                            return None
+                        t_abs = n_src * src_step
+                    else:
+                        t_abs = float(frame.time)
+                    n_src += 1
+                    if t0_video is None:
+                        t0_video = t_abs
+                    rel = t_abs - t0_video
+                    if rel > horizon:
+                        raise MediaError(
+                            f"the video runs past {limits.max_duration_s:.0f} s; longer videos are refused",
+                            status=413,
+                        )
+                    if next_target is None:
+                        first_t = rel
+                        next_target = 0
+                        while next_target * step < rel - 1e-6:  # shown by frames before this one
+                            next_target += 1
+                        if next_target > f_lo:
+                            return None  # the seek landed past the first frame needed
+                    else:
+                        assign(rel)
+                    prev, prev_rgb, last_t = frame, None, rel
+                    video_done = next_target >= f_hi and rel >= a_hi / sr
+                elif not audio_enough():
+                    if t0_audio is None:
+                        t0_audio = float(frame.time) if frame.time is not None else 0.0
+                    seeking_audio = q0 is None
+                    feed(frame)
+                    if seeking_audio and q0 is not None and seek_s is not None and q0 > 0 \
+                            and q0 + _audio_offset(t0_audio, t0_video, sr) > a_lo:
+                        return None  # the audio starts past the first sample needed
+            if video_done and audio_enough():
+                break
+        else:  # the end of the file
+            if astream is not None:
+                for res in resampler.resample(None):
+                    chunks.append(res.to_ndarray().reshape(-1))
+    except _Unseekable:
+        return None
+    if prev is None:
+        if seek_s is not None:
+            return None  # no keyframe after the seek point
+        raise MediaError("the video stream holds no decodable frame")
+
+    last_frame = n_samples = duration = None
+    if not video_done:  # reached the end: as decode, the last frame lasts one source frame
+        duration = last_t + src_step
+        assign(duration)
+        if last_target[0] < 0:  # shorter than one spec frame
+            last_target = (0, prev)
+            if f_lo == 0 and out:
+                out[0] = to_rgb(prev)
+        last_frame = last_target[0]
+        n_samples = int(round(duration * sr))
+        hold = None
+        for k in range(len(out)):
+            if out[k] is None:  # past the end: decode's windows hold the last frame
+                if hold is None:
+                    hold = to_rgb(last_target[1]) if last_target[0] < f_lo or last_target[0] >= f_hi \
+                        else out[last_target[0] - f_lo]
+                out[k] = hold
+    offset = _audio_offset(t0_audio, t0_video, sr) if t0_audio is not None else 0
+    raw = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
+    # raw[k] is stream sample q0 + k, i.e. the video-clock sample q0 + k + offset; keep those >= 0
+    first_sample = (q0 or 0) + offset
+    if first_sample < 0:
+        raw, first_sample = raw[-first_sample:], 0
+    audio = np.clip(raw, -1.0, 1.0)
+    frames = np.stack(out) if out else np.zeros((0, spec.height, spec.width, 3), np.uint8)
+    return Span(frames=frames, audio=audio, first_frame=f_lo, first_sample=first_sample, last_frame=last_frame,
+                n_samples=n_samples, duration_s=duration, has_audio=bool(chunks), decoded_from_s=first_t)
+
+
+def _audio_offset(t0_audio: float, t0_video: float | None, sample_rate: int) -> int:
+    """Where the audio stream's first sample falls on the video clock, in samples (as :func:`decode` places it)."""
+    return int(round((t0_audio - (t0_video or 0.0)) * sample_rate))
+
+
+class _Unseekable(Exception):
+    """The audio after a seek has no timestamps to place it by."""
+
+
+def _trim_audio(frame: av.AudioFrame, skip: int) -> av.AudioFrame:
+    """``frame`` without its first ``skip`` samples (same format, layout, rate and time base)."""
+    data = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    data = data[:, skip:] if frame.format.is_planar else data[:, skip * channels:]
+    out = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format=frame.format.name, layout=frame.layout.name)
+    out.sample_rate = frame.sample_rate
+    out.time_base = frame.time_base
+    if frame.pts is not None and frame.time_base is not None:
+        out.pts = frame.pts + int(round(skip / frame.sample_rate / frame.time_base))
+    return out
 
 
 def normalize_video(video: np.ndarray, spec: ClipSpec) -> np.ndarray:

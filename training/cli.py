@@ -1,4 +1,5 @@
-"""``python -m training <command>``: synth, train-action, export, evaluate, build-defaults."""
+"""``python -m training <command>``: synth, prepare, pretrain, train-action, train-separation, export, evaluate,
+build-defaults, noise-benchmark."""
 
 from __future__ import annotations
 
@@ -38,9 +39,16 @@ def _train(cls, train_fn, config: str | None, overrides: list[str]) -> int:
     import os
 
     from training.config import load_config
+    from training.data.collection import ManifestError
+    from training.data.streaming import DataFailure
 
     cfg = load_config(cls, config, overrides)
-    metrics = train_fn(cfg)
+    try:
+        metrics = train_fn(cfg)
+    except (DataFailure, ManifestError) as exc:  # bad data: a message, not a traceback (on every rank)
+        log.error("%s", exc)
+        print(f"training stopped: {exc}", file=sys.stderr)
+        return 3
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one answer
         print(json.dumps({"checkpoint": str(Path(cfg.out) / "best.pt"), **metrics}))
     return 0
@@ -204,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_cmd_build_defaults)
 
     from training.action.noise_benchmark import add_parser as add_noise_benchmark
+    from training.data.prepare import add_parser as add_prepare
 
+    add_prepare(sub)
     add_noise_benchmark(sub)
     return p
 

@@ -70,30 +70,37 @@ def make_media(
     audio: bool = True,
     sample_rate: int = 44100,
     clicks_s: Sequence[float] = (1.0,),
+    video_codec: str = "libx264",
+    audio_codec: str = "aac",
 ) -> Path:
-    """Write an mp4: libx264 (yuv420p, or yuv444p for odd sizes) and/or aac mono with clicks."""
+    """Write a video file (the container from the suffix): libx264 (yuv420p, or yuv444p for odd sizes) and/or aac
+    mono with clicks, or other codecs (e.g. UCF-101's ``mpeg4`` + ``libmp3lame`` in an .avi)."""
     rate = Fraction(fps)
     with av.open(str(path), mode="w") as out:
         vstream = astream = None
         if video:
-            vstream = out.add_stream("libx264", rate=rate)
+            vstream = out.add_stream(video_codec, rate=rate)
             vstream.width, vstream.height = width, height
             vstream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
-            vstream.options = {"preset": "superfast", "crf": "18"}  # superfast keeps B-frames
+            if video_codec == "libx264":
+                vstream.options = {"preset": "superfast", "crf": "18"}  # superfast keeps B-frames
         if audio:
-            astream = out.add_stream("aac", rate=sample_rate, layout="mono")
+            astream = out.add_stream(audio_codec, rate=sample_rate, layout="mono")
         if vstream is not None:
             n_frames = int(round(duration_s * rate))
             for k in range(n_frames):
                 frame = av.VideoFrame.from_ndarray(frame_image(k, width, height), format="rgb24")
-                frame.pts = None
+                if video_codec == "libx264":
+                    frame.pts = None
+                else:  # other encoders want timestamps
+                    frame.pts, frame.time_base = k, 1 / rate
                 for packet in vstream.encode(frame.reformat(format=vstream.pix_fmt)):
                     out.mux(packet)
             for packet in vstream.encode():
                 out.mux(packet)
         if astream is not None:
             samples = click_track(duration_s, sample_rate, clicks_s)
-            chunk = 1024
+            chunk = astream.codec_context.frame_size or 1024
             for start in range(0, len(samples), chunk):
                 block = samples[start : start + chunk]
                 frame = av.AudioFrame.from_ndarray(block[None, :], format="fltp", layout="mono")

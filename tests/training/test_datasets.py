@@ -98,3 +98,24 @@ def test_unknown_label_rejected(action_ds):
     r.label = "juggling"
     with pytest.raises(ValueError, match="juggling"):
         load_clips([r], SPEC, ACTION_CLASSES, workers=1)
+
+
+def test_header_less_csv_whose_first_path_contains_video(action_ds, tmp_path):
+    """A ``path,label`` CSV without a header is read as rows even when its first path contains "video" (it was
+    taken for a header, and its first clip lost)."""
+    records = read_records(action_ds)[:2]
+    folder = tmp_path / "video_clips"
+    folder.mkdir()
+    for r in records:
+        shutil.copy(r.video, folder / f"video_{r.video.name}")
+    csv_path = tmp_path / "list.csv"
+    with csv_path.open("w", newline="") as fh:
+        csv.writer(fh).writerows([[f"video_clips/video_{r.video.name}", r.label] for r in records])
+    got = read_records(csv_path)
+    assert [(g.video, g.label) for g in got] == [(folder / f"video_{r.video.name}", r.label) for r in records]
+    # a real header still is one (and its split column is kept)
+    with csv_path.open("w", newline="") as fh:
+        csv.writer(fh).writerows([["video", "label", "split"], *[[f"video_clips/video_{r.video.name}", r.label,
+                                                                  "train"] for r in records]])
+    got = read_records(csv_path)
+    assert len(got) == 2 and got[0].label == records[0].label and got[0].split == "train"

@@ -1,4 +1,10 @@
-"""Supervised audio-visual action training: ``python -m training train-action [CONFIG] [key=value ...]``."""
+"""Supervised audio-visual action training: ``python -m training train-action [CONFIG] [key=value ...]``.
+
+``data.train`` is a SynthAV spec or a dataset directory / CSV, decoded into RAM once, or a clip manifest from
+``python -m training prepare`` (``MANIFEST.csv``, its ``train`` split; ``MANIFEST.csv#SPLIT`` for another), streamed:
+each window is sought and decoded in DataLoader workers (:mod:`training.data.streaming`). ``data.val`` likewise
+(a manifest's ``val``/``test`` split by default).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +20,18 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from model_store.manifest import ClipSpec
-from training.data.datasets import ClipData, WindowDataset, load_clips, read_records, resolve_data
+from training.data.collection import ClipTable, is_manifest, read_manifest
+from training.data.datasets import ClipData, Record, WindowDataset, load_clips, read_records, resolve_data
+from training.data.streaming import (
+    ClipWindows,
+    FailureMeter,
+    StreamingWindows,
+    StreamOptions,
+    cat_clip_windows,
+    find_cache,
+    normalize_frames,
+    seed_worker,
+)
 from training.data.synthav import ACTION_CLASSES
 from training.engine import Loop, Run, RunOptions, fit_to_best, val_metrics
 from training.models import clip_spec_for, create_model, model_config
@@ -43,9 +60,12 @@ class OptimConfig:
 @dataclass
 class ActionTrainConfig(RunOptions):
     model: str = "av_action_small"
-    labels: list[str] = field(default_factory=lambda: list(ACTION_CLASSES))
+    # the classes in the order of the model's outputs; empty: the training data's, in SynthAV's order when they are
+    # SynthAV classes, else sorted (a manifest's vocabulary)
+    labels: list[str] = field(default_factory=list)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    stream: StreamOptions = field(default_factory=StreamOptions)  # when data.train is a manifest
     modality_dropout: float = 0.15  # per sample, zero one modality's input so each stream learns alone
     threads: int = 0
     out: str = "runs/action"
@@ -58,8 +78,8 @@ def zero_modalities(video: torch.Tensor, audio: torch.Tensor, p: float, gen: tor
     if p <= 0:
         return
     u = torch.rand(video.shape[0], generator=gen)
-    video[u < p] = 0.0
-    audio[(u >= p) & (u < 2 * p)] = 0.0
+    video[(u < p).to(video.device)] = 0.0
+    audio[((u >= p) & (u < 2 * p)).to(audio.device)] = 0.0
 
 
 def step(model: nn.Module, batch, criterion: nn.Module, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,13 +90,20 @@ def step(model: nn.Module, batch, criterion: nn.Module, device: torch.device) ->
 
 
 @torch.inference_mode()
-def evaluate(model, loader, criterion, device, zero: str | None = None) -> dict[str, float]:
-    """Clip-level accuracy: window probabilities averaged per clip, as the service does."""
+def evaluate(model, loader, criterion, device, zero: str | None = None,
+             spec: ClipSpec | None = None) -> dict[str, float]:
+    """Clip-level accuracy: window probabilities averaged per clip, as the service does. Batches are ``(video,
+    audio, label, clip index, ...)``; uint8 frames (a streamed set) are normalised on ``device`` with ``spec``."""
     model.eval()
     probs: dict[int, list[torch.Tensor]] = {}
     labels: dict[int, int] = {}
     loss_sum, n = 0.0, 0
-    for video, audio, label, ci in loader:
+    for batch in loader:
+        video, audio, label, ci = batch[:4]
+        if video.dtype == torch.uint8:
+            video = normalize_frames(video.to(device, non_blocking=True), spec)
+        if len(label) == 0:
+            continue
         if zero == "video":
             video = torch.zeros_like(video)
         elif zero == "audio":
@@ -87,6 +114,8 @@ def evaluate(model, loader, criterion, device, zero: str | None = None) -> dict[
         for p, c, y in zip(logits.softmax(1).cpu(), ci.tolist(), label.tolist(), strict=True):
             probs.setdefault(c, []).append(p)
             labels[c] = y
+    if not probs:  # e.g. a rank whose share of a streamed set failed to decode
+        return {"loss": 0.0, "accuracy": 0.0, "top5": 0.0, "n": 0}
     clip_p = torch.stack([torch.stack(probs[c]).mean(0) for c in sorted(probs)])
     y = torch.tensor([labels[c] for c in sorted(probs)])
     top5 = clip_p.topk(min(5, clip_p.shape[1]), dim=1).indices
@@ -98,9 +127,21 @@ def evaluate(model, loader, criterion, device, zero: str | None = None) -> dict[
     }
 
 
-def load_split(spec: str, clip: ClipSpec, labels: list[str], data: DataConfig, progress: bool) -> list[ClipData]:
-    root = resolve_data(spec, data.cache_dir)
-    return load_clips(read_records(root), clip, labels, workers=data.workers, progress=progress)
+def load_split(spec: str, clip: ClipSpec, labels: list[str], data: DataConfig, progress: bool,
+               records: list[Record] | None = None) -> list[ClipData]:
+    if records is None:
+        records = read_records(resolve_data(spec, data.cache_dir))
+    return load_clips(records, clip, labels, workers=data.workers, progress=progress)
+
+
+def resolve_labels(labels: list[str], found: set[str]) -> list[str]:
+    """The run's classes: ``labels`` as given, else those ``found`` in the training data (SynthAV's order when they
+    are all SynthAV classes, sorted otherwise)."""
+    if labels:
+        return list(labels)
+    if not found:
+        raise ValueError("the training data carry no labels; train-action needs a label per clip")
+    return list(ACTION_CLASSES) if found <= set(ACTION_CLASSES) else sorted(found)
 
 
 def load_pretrained_backbone(model: nn.Module, checkpoint: str | Path) -> None:
@@ -139,20 +180,28 @@ def train_action(cfg: ActionTrainConfig, init_state: dict[str, torch.Tensor] | N
     run = Run(cfg, "action")
     device = run.device
 
-    mcfg = model_config(cfg.model, num_classes=len(cfg.labels))
     clip = clip_spec_for(cfg.model)
+    streaming = is_manifest(cfg.data.train)
     with run.main_first():
-        train_clips = load_split(cfg.data.train, clip, cfg.labels, cfg.data, cfg.progress)
-        val_clips = load_split(cfg.data.val, clip, cfg.labels, cfg.data, cfg.progress)
+        if streaming:
+            train_table = read_manifest(cfg.data.train)
+            labels = resolve_labels(cfg.labels, set(train_table.labels))
+            train_set = StreamingWindows(train_table, clip, train_table.label_index(labels), seed=cfg.seed,
+                                         options=cfg.stream, cache=find_cache(train_table, clip, cfg.stream))
+        else:
+            records = read_records(resolve_data(cfg.data.train, cfg.data.cache_dir))
+            labels = resolve_labels(cfg.labels, {r.label for r in records if r.label is not None})
+            train_set = WindowDataset(load_split(cfg.data.train, clip, labels, cfg.data, cfg.progress, records),
+                                      clip, train=True, seed=cfg.seed)
+        val_loader = make_val_loader(cfg, clip, labels, run.rank, run.world_size)
     if cfg.optim.batch_size % run.world_size:
         raise ValueError(f"optim.batch_size={cfg.optim.batch_size} does not split over {run.world_size} processes")
-    per_epoch = len(train_clips) // cfg.optim.batch_size
+    per_epoch = len(train_set) // cfg.optim.batch_size
     if per_epoch == 0:
-        raise ValueError(f"{len(train_clips)} training clips make no batch of {cfg.optim.batch_size}")
-    train_set = WindowDataset(train_clips, clip, train=True, seed=cfg.seed)
-    val_loader = DataLoader(WindowDataset(val_clips[run.rank::run.world_size], clip, train=False), batch_size=64)
+        raise ValueError(f"{len(train_set)} training clips make no batch of {cfg.optim.batch_size}")
+    mcfg = model_config(cfg.model, num_classes=len(labels))
 
-    model = create_model(cfg.model, num_classes=len(cfg.labels)).to(device)
+    model = create_model(cfg.model, num_classes=len(labels)).to(device)
     if init_state is not None:
         model.load_state_dict(init_state)
     elif cfg.init_checkpoint:
@@ -170,10 +219,12 @@ def train_action(cfg: ActionTrainConfig, init_state: dict[str, torch.Tensor] | N
 
     train_step = run.wrap(forward, model)
     gen = torch.Generator().manual_seed(cfg.seed + run.rank)  # modality dropout, per rank
+    meter = FailureMeter(cfg.stream, run.reduce_sums)  # streamed windows that failed to decode, over all ranks
     st: dict[str, Any] = {"history": [], "best": None, "seconds": 0.0, "round": {"loss": 0.0, "correct": 0, "n": 0},
-                          "dropout": gen.get_state()}
+                          "dropout": gen.get_state(), "stream": meter.state()}
     batches: dict[str, Any] = {"epoch": None, "it": None}
     t_round = time.perf_counter()
+    workers = cfg.stream.workers if streaming else cfg.data.loader_workers
 
     def one_step(i: int) -> tuple[torch.Tensor, dict[str, float], int]:
         epoch, b = divmod(i, per_epoch)
@@ -183,12 +234,21 @@ def train_action(cfg: ActionTrainConfig, init_state: dict[str, torch.Tensor] | N
                                    start=b)
             # its own generator: a loader's iterator draws a base seed, which must not come from the global stream
             # (a resumed run creates one iterator more than an uninterrupted one)
-            loader = DataLoader(train_set, batch_sampler=sampler, num_workers=cfg.data.loader_workers,
-                                pin_memory=device.type == "cuda",
+            loader = DataLoader(train_set, batch_sampler=sampler, num_workers=workers,
+                                pin_memory=device.type == "cuda", worker_init_fn=seed_worker if workers else None,
+                                prefetch_factor=cfg.stream.prefetch if streaming and workers else None,
                                 generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
             batches.update(epoch=epoch, it=iter(loader))
-        video, audio, label, _ = next(batches["it"])
-        zero_modalities(video, audio, cfg.modality_dropout, gen)
+        logs: dict[str, float] = {}
+        if streaming:
+            video, audio, label, _, failures, lost = next(batches["it"])
+            logs["skipped"] = meter.update(len(label) - int(lost.sum()), int(failures.sum()), int(lost.sum()))
+            video = normalize_frames(video.to(device, non_blocking=True), clip)  # uint8 over the bus
+            audio = audio.to(device, non_blocking=True)
+            zero_modalities(video, audio, cfg.modality_dropout, gen)
+        else:
+            video, audio, label, _ = next(batches["it"])
+            zero_modalities(video, audio, cfg.modality_dropout, gen)
         video, audio, label = (x.to(device, non_blocking=True) for x in (video, audio, label))
         loss, logits = train_step(video, audio, label)
         correct = (logits.argmax(1) == label).sum().item()
@@ -196,12 +256,12 @@ def train_action(cfg: ActionTrainConfig, init_state: dict[str, torch.Tensor] | N
         r["loss"] += loss.item() * len(label)
         r["correct"] += correct
         r["n"] += len(label)
-        return loss, {"loss": loss.item(), "accuracy": correct / len(label)}, len(label)
+        return loss, {"loss": loss.item(), "accuracy": correct / len(label), **logs}, len(label)
 
     def round_end(epoch: int, done: int) -> dict[str, float]:
         nonlocal t_round
         batches["epoch"] = None
-        va = evaluate(model, val_loader, criterion, device)
+        va = evaluate(model, val_loader, criterion, device, spec=clip)
         if run.distributed:
             n = va.pop("n")
             sums = run.reduce_sums({"n": n, **{k: v * n for k, v in va.items()}})
@@ -223,16 +283,36 @@ def train_action(cfg: ActionTrainConfig, init_state: dict[str, torch.Tensor] | N
         return {"epoch": epoch, **val_metrics(va)}
 
     def provenance() -> dict[str, Any]:
-        return {"model": cfg.model, "model_config": dataclasses.asdict(mcfg), "labels": cfg.labels}
+        return {"model": cfg.model, "model_config": dataclasses.asdict(mcfg), "labels": labels}
 
     def state() -> dict[str, Any]:
-        return {**st, "dropout": gen.get_state()}
+        return {**st, "dropout": gen.get_state(), "stream": meter.state()}
 
     def load_state(d: dict[str, Any]) -> None:
         st.update(d)
         gen.set_state(d["dropout"])
+        meter.load_state(d["stream"])
         batches["epoch"] = None
 
     loop = Loop(models=[model], optimizers=[optimizer], schedulers=[scheduler], steps=steps, round_steps=per_epoch,
                 step=one_step, round_end=round_end, state=state, load_state=load_state, payload=provenance)
-    return fit_to_best(run, loop, st, at="epoch")
+    result = fit_to_best(run, loop, st, at="epoch")
+    if streaming:
+        result.update(windows_drawn=meter.windows, windows_skipped=meter.failures)
+    return result
+
+
+def make_val_loader(cfg: ActionTrainConfig, clip: ClipSpec, labels: list[str], rank: int,
+                    world_size: int) -> DataLoader:
+    """This rank's share of the validation clips, every service window of each: streamed from a manifest, or
+    decoded into RAM."""
+    if is_manifest(cfg.data.val):
+        table: ClipTable = read_manifest(cfg.data.val, val=True)
+        mine = table.take(range(rank, len(table), world_size))
+        workers = cfg.stream.workers
+        return DataLoader(ClipWindows(mine, clip, mine.label_index(labels), cache=find_cache(table, clip, cfg.stream)),
+                          batch_size=8,
+                          collate_fn=cat_clip_windows, num_workers=workers,
+                          worker_init_fn=seed_worker if workers else None)
+    val_clips = load_split(cfg.data.val, clip, labels, cfg.data, cfg.progress)
+    return DataLoader(WindowDataset(val_clips[rank::world_size], clip, train=False), batch_size=64)

@@ -44,6 +44,30 @@ def draw_pair(rng: np.random.Generator, ci: int, duration_s: float, clip: ClipSp
     return Pair(ci, a, b)
 
 
+def has_audio(c: object) -> bool:
+    """Whether a clip can make pairs: a clip decoded without an audio stream never becomes an in-sync positive
+    (clips that do not say, e.g. from an older cache, count as having audio)."""
+    extra = getattr(c, "extra", None) or {}
+    return bool(extra.get("has_audio", True))
+
+
+def draw_batch(rng: np.random.Generator, clips: Sequence[ClipData], clip: ClipSpec, shifts: tuple[float, float],
+               batch_size: int, flip: bool, other: bool) -> tuple[list[Pair], np.ndarray | None]:
+    """A global batch of training pairs (from distinct clips when ``other``) and their flips."""
+    pairs: list[Pair] = []
+    while len(pairs) < batch_size:
+        ci = int(rng.integers(len(clips)))
+        if other and any(p.clip == ci for p in pairs):
+            continue  # the other-clip track must come from another clip
+        if not has_audio(clips[ci]):
+            continue  # no audio: never an in-sync positive
+        p = draw_pair(rng, ci, clips[ci].duration_s, clip, shifts)
+        if p is not None:
+            pairs.append(p)
+    flips = rng.uniform(size=batch_size) < 0.5 if flip else None
+    return pairs, flips
+
+
 def window_arrays(c: ClipData, clip: ClipSpec, video_s: float, audio_s: float) -> tuple[np.ndarray, np.ndarray]:
     """uint8 frames (T, H, W, 3) from ``video_s`` and float32 audio (S,) from ``audio_s``."""
     f0 = int(round(video_s * clip.fps))
@@ -60,6 +84,8 @@ def heldout_pairs(clips: Sequence[ClipData], clip: ClipSpec, shifts: tuple[float
     """One fixed pair per clip, drawn from ``[seed, clip index]``: the same for every model and run."""
     pairs = []
     for i, c in enumerate(clips):
+        if not has_audio(c):
+            continue
         p = draw_pair(np.random.default_rng([seed, i]), i, c.duration_s, clip, shifts)
         if p is not None:
             pairs.append(p)

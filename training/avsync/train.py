@@ -4,6 +4,10 @@ A positive is a window of a video with its own audio; its negative is the same f
 video shifted by a random offset in ``[shift_min_s, shift_max_s]`` (the paper: 2.0-5.8 s on 4.2 s windows, i.e.
 0.48-1.38 window lengths). Every batch holds each sampled window twice, once per label, so it is balanced. The
 shifted audio always lies inside the source clip: no padding that would give the answer away.
+
+``data.train`` / ``data.val``: a SynthAV spec or dataset directory, decoded into RAM (and an npz cache) once, or
+clip manifests from ``python -m training prepare``, streamed (:mod:`training.avsync.stream`): each pair is sought
+and decoded in DataLoader workers; clips without audio never become positives.
 """
 
 from __future__ import annotations
@@ -25,8 +29,11 @@ import torch
 from torch import nn
 
 from model_store.manifest import ClipSpec
-from training.avsync.pairs import PAPER_SHIFT, Pair, draw_pair, heldout_pairs, pair_batch
+from training.avsync.pairs import PAPER_SHIFT, Pair, draw_batch, has_audio, heldout_pairs, pair_batch
+from training.avsync.stream import PairSource, PairWindows, StepJobs, model_inputs, pair_loader
+from training.data.collection import is_manifest, read_manifest
 from training.data.datasets import ClipData, load_clips, read_records, resolve_data
+from training.data.streaming import DataFailure, FailureMeter, StreamOptions, find_cache
 from training.engine import Loop, Run, RunOptions, fit_to_best, val_metrics
 from training.models import clip_spec_for, create_model, model_config
 from training.utils import load_checkpoint
@@ -57,6 +64,7 @@ class PretrainConfig(RunOptions):
     model: str = "avsync_small"
     data: PretrainData = field(default_factory=PretrainData)
     optim: PretrainOptim = field(default_factory=PretrainOptim)
+    stream: StreamOptions = field(default_factory=StreamOptions)  # when data.train is a manifest
     # audio shift of a negative, in seconds; None: the paper's range scaled to the model's window
     shift_min_s: float | None = None
     shift_max_s: float | None = None
@@ -104,7 +112,9 @@ def load_decoded(spec: str, clip: ClipSpec, data: PretrainData, progress: bool =
         with np.load(cache) as z:
             frames, audio, fo, ao, durations = (z[k] for k in ("frames", "audio", "frame_offsets", "audio_offsets",
                                                                "durations"))
-        return [ClipData(frames[fo[i]:fo[i + 1]], audio[ao[i]:ao[i + 1]], float(durations[i]), -1, {"record": r})
+            sound = z["has_audio"] if "has_audio" in z.files else np.ones(len(records), dtype=bool)
+        return [ClipData(frames[fo[i]:fo[i + 1]], audio[ao[i]:ao[i + 1]], float(durations[i]), -1,
+                         {"record": r, "has_audio": bool(sound[i])})
                 for i, r in enumerate(records)]
     labels = sorted({r.label for r in records if r.label is not None})
     clips = load_clips(records, clip, labels, workers=data.workers, progress=progress)
@@ -115,7 +125,8 @@ def load_decoded(spec: str, clip: ClipSpec, data: PretrainData, progress: bool =
                  audio=np.concatenate([c.audio for c in clips]),
                  frame_offsets=np.cumsum([0] + [len(c.frames) for c in clips]),
                  audio_offsets=np.cumsum([0] + [len(c.audio) for c in clips]),
-                 durations=np.array([c.duration_s for c in clips]))
+                 durations=np.array([c.duration_s for c in clips]),
+                 has_audio=np.array([has_audio(c) for c in clips], dtype=bool))
         tmp.rename(cache)
     return clips
 
@@ -234,6 +245,24 @@ def eval_sums(model: nn.Module, clips: Sequence[ClipData], clip: ClipSpec, pairs
     return {"loss_sum": loss_sum, "correct": correct, "n": n}
 
 
+def eval_sums_streamed(model: nn.Module, loader, clip: ClipSpec, device: torch.device) -> dict[str, float]:
+    """:func:`eval_sums` over streamed held-out pairs (:mod:`training.avsync.stream`); pairs that failed to decode
+    or are silent are left out."""
+    model.eval()
+    correct, loss_sum, n = 0.0, 0.0, 0
+    with torch.inference_mode():
+        for batch in loader:
+            keep = ~batch[-1]
+            if not keep.any():
+                continue
+            v, a, y = model_inputs([x[keep] for x in batch[:3]], clip, device, other=False)
+            loss, logit = step(model, v, a, y)
+            correct += ((logit > 0).float() == y).sum().item()
+            loss_sum += loss.item() * len(y)
+            n += len(y)
+    return {"loss_sum": loss_sum, "correct": correct, "n": n}
+
+
 def evaluate(model: nn.Module, clips: Sequence[ClipData], clip: ClipSpec, pairs: Sequence[Pair],
              device: torch.device, batch: int = 32) -> dict[str, float]:
     """Held-out alignment accuracy and loss on fixed pairs."""
@@ -241,22 +270,9 @@ def evaluate(model: nn.Module, clips: Sequence[ClipData], clip: ClipSpec, pairs:
 
 
 def _means(s: dict[str, float]) -> dict[str, float]:
+    if not s["n"]:
+        raise DataFailure("no held-out pair could be decoded (or every one was silent): check data.val")
     return {"loss": s["loss_sum"] / s["n"], "accuracy": s["correct"] / s["n"], "n": int(s["n"])}
-
-
-def draw_batch(rng: np.random.Generator, clips: Sequence[ClipData], clip: ClipSpec, shifts: tuple[float, float],
-               batch_size: int, flip: bool, other: bool) -> tuple[list[Pair], np.ndarray | None]:
-    """A global batch of training pairs (from distinct clips when ``other``) and their flips."""
-    pairs: list[Pair] = []
-    while len(pairs) < batch_size:
-        ci = int(rng.integers(len(clips)))
-        if other and any(p.clip == ci for p in pairs):
-            continue  # the other-clip track must come from another clip
-        p = draw_pair(rng, ci, clips[ci].duration_s, clip, shifts)
-        if p is not None:
-            pairs.append(p)
-    flips = rng.uniform(size=batch_size) < 0.5 if flip else None
-    return pairs, flips
 
 
 def train_steps(model, clips, clip, shifts, optimizer, scheduler, device, rng, steps, batch_size, flip,
@@ -286,12 +302,25 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
 
     clip = clip_spec_for(cfg.model)
     shifts = shift_range(cfg, clip)
+    streaming = is_manifest(cfg.data.train)
     with run.main_first():
-        train_clips = load_decoded(cfg.data.train, clip, cfg.data, cfg.progress)
-        val_clips = load_decoded(cfg.data.val, clip, cfg.data, cfg.progress)
-    val_pairs = heldout_pairs(val_clips, clip, shifts)
-    log.info("pretext: %d train clips, %d held-out pairs, window %.2f s, shifts %.2f-%.2f s, %d process(es)",
-             len(train_clips), len(val_pairs), clip.window_s, *shifts, run.world_size)
+        if streaming:
+            if not is_manifest(cfg.data.val):
+                raise ValueError(f"data.train is a manifest: data.val must be one too (got {cfg.data.val!r})")
+            train_src = PairSource(read_manifest(cfg.data.train), clip, shifts)
+            val_src = PairSource(read_manifest(cfg.data.val, val=True), clip, shifts)
+            caches = (find_cache(train_src.table, clip, cfg.stream), find_cache(val_src.table, clip, cfg.stream))
+            n_train, val_pairs = len(train_src), val_src.heldout_jobs()
+        else:
+            train_clips = load_decoded(cfg.data.train, clip, cfg.data, cfg.progress)
+            val_clips = load_decoded(cfg.data.val, clip, cfg.data, cfg.progress)
+            n_train, val_pairs = sum(map(has_audio, train_clips)), heldout_pairs(val_clips, clip, shifts)
+            if not n_train:
+                raise ValueError(f"no clip of {cfg.data.train} has audio: the pretext has no positive to learn")
+    if cfg.other_weight > 0 and n_train < cfg.optim.batch_size:
+        raise ValueError(f"other_weight needs a batch of distinct clips: {n_train} clips < optim.batch_size")
+    log.info("pretext: %d train clips, %d held-out pairs, window %.2f s, shifts %.2f-%.2f s, %d process(es)%s",
+             n_train, len(val_pairs), clip.window_s, *shifts, run.world_size, ", streamed" if streaming else "")
 
     model = create_model(cfg.model).to(device)
     if cfg.init:
@@ -310,28 +339,56 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     train_step = run.wrap(lambda m, v, a, y: step(m, v, a, y, cfg.pair_weight, cfg.region_weight,
                                                   tuple(cfg.region_thresholds), cfg.other_weight, keep), model)
     rng = np.random.default_rng(cfg.seed)  # the global batch stream, the same on every rank
+    meter = FailureMeter(cfg.stream, run.reduce_sums)  # streamed windows that failed to decode, over all ranks
     st: dict[str, Any] = {"history": [], "best": None, "seconds": 0.0, "round": {"loss": 0.0, "correct": 0.0,
-                                                                                 "n": 0}}
+                                                                                 "n": 0}, "stream": meter.state()}
     t_round = time.perf_counter()
+    stream: dict[str, Any] = {"next": None, "it": None}  # the streamed batches' iterator and the step it yields next
 
-    def one_step(_i: int) -> tuple[torch.Tensor, dict[str, float], int]:
-        pairs, flips = draw_batch(rng, train_clips, clip, shifts, cfg.optim.batch_size, cfg.flip, other)
-        mine = run.shard(range(len(pairs)))
-        v, a, y = (torch.from_numpy(x).to(device) for x in
-                   pair_batch(train_clips, clip, [pairs[k] for k in mine],
-                              None if flips is None else flips[mine], other))
+    def streamed_batch(i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float]]:
+        if stream["next"] != i:  # first step, or after a resume: batches from step i on (a pure function of i)
+            mine = run.shard(range(cfg.optim.batch_size))
+            jobs = StepJobs(train_src, cfg.seed, i, cfg.optim.steps, cfg.optim.batch_size, cfg.flip, other, mine)
+            dataset = PairWindows(train_src, cfg.seed, cfg.stream, cache=caches[0])
+            stream["it"] = iter(pair_loader(dataset, jobs, cfg.stream.workers, cfg.stream.prefetch,
+                                            device.type == "cuda", cfg.seed * 100_003 + i))
+        batch = next(stream["it"])
+        stream["next"] = i + 1
+        _, _, _, _, failures, silent, lost = batch
+        skipped = meter.update(len(lost) - int(lost.sum()), int(failures.sum()), int(lost.sum()))
+        return (*model_inputs(batch, clip, device, other), {"skipped": skipped, "silent": float(silent.sum())})
+
+    def one_step(i: int) -> tuple[torch.Tensor, dict[str, float], int]:
+        logs: dict[str, float] = {}
+        if streaming:
+            v, a, y, logs = streamed_batch(i)
+            n_mine = len(v)
+        else:
+            pairs, flips = draw_batch(rng, train_clips, clip, shifts, cfg.optim.batch_size, cfg.flip, other)
+            mine = run.shard(range(len(pairs)))
+            n_mine = len(mine)
+            v, a, y = (torch.from_numpy(x).to(device) for x in
+                       pair_batch(train_clips, clip, [pairs[k] for k in mine],
+                                  None if flips is None else flips[mine], other))
         loss, logit = train_step(v, a, y)
         correct = ((logit.detach() > 0).float() == y).sum().item()
         r = st["round"]
         r["loss"] += loss.item() * len(y)
         r["correct"] += correct
         r["n"] += len(y)
-        return loss, {"loss": loss.item(), "accuracy": correct / len(y)}, len(mine)
+        return loss, {"loss": loss.item(), "accuracy": correct / len(y), **logs}, n_mine
 
     def round_end(_r: int, done: int) -> dict[str, float]:
         nonlocal t_round
-        va = _means(run.reduce_sums(eval_sums(model, val_clips, clip, val_pairs[run.rank::run.world_size],
-                                              device)))
+        if streaming:
+            loader = pair_loader(PairWindows(val_src, cfg.seed, cfg.stream, retries=0, cache=caches[1]),
+                                 [val_pairs[run.rank::run.world_size][s:s + 32]
+                                  for s in range(0, len(val_pairs[run.rank::run.world_size]), 32)],
+                                 cfg.stream.workers, cfg.stream.prefetch, device.type == "cuda", cfg.seed)
+            sums = eval_sums_streamed(model, loader, clip, device)
+        else:
+            sums = eval_sums(model, val_clips, clip, val_pairs[run.rank::run.world_size], device)
+        va = _means(run.reduce_sums(sums))
         tr = run.reduce_sums({"loss_sum": st["round"]["loss"], "correct": st["round"]["correct"],
                               "n": st["round"]["n"]})
         tr = _means(tr) if tr["n"] else {"loss": float("nan"), "accuracy": float("nan")}
@@ -352,10 +409,19 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     def provenance() -> dict[str, Any]:
         return {"model": cfg.model, "model_config": dataclasses.asdict(mcfg), "shift_s": list(shifts)}
 
+    def state() -> dict[str, Any]:
+        return {**st, "stream": meter.state()}
+
     def load_state(d: dict[str, Any]) -> None:
         st.update(d)
+        if "stream" in d:
+            meter.load_state(d["stream"])
+        stream["next"] = None
 
     loop = Loop(models=[model], optimizers=[optimizer], schedulers=[scheduler], steps=cfg.optim.steps,
-                round_steps=cfg.eval_every, step=one_step, round_end=round_end, state=lambda: dict(st),
+                round_steps=cfg.eval_every, step=one_step, round_end=round_end, state=state,
                 load_state=load_state, generators={"batches": rng}, payload=provenance)
-    return fit_to_best(run, loop, st, at="step")
+    result = fit_to_best(run, loop, st, at="step")
+    if streaming:
+        result.update(windows_drawn=meter.windows, windows_skipped=meter.failures)
+    return result

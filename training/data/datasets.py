@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from model_store.manifest import ClipSpec
 from model_store.media import Decoded, MediaLimits, cut_windows, decode, normalize_video
+from training.data.collection import ALL_SPLITS, is_manifest, read_manifest, split_spec
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class Record:
     on_screen: Path | None = None
     off_screen: Path | None = None
     boxes: list[list[float]] | None = None
+    split: str | None = None
 
 
 @dataclass
@@ -73,7 +75,7 @@ def resolve_data(spec: str, cache_dir: str | Path = "data/synthav") -> Path:
     synth = parse_synth_spec(spec)
     if synth is None:
         path = Path(spec)
-        if not path.exists():
+        if not path.exists() and not is_manifest(spec):  # (a manifest may name its split: MANIFEST.csv#test)
             raise FileNotFoundError(f"no dataset at {path}")
         return path
     from training.data import synthav
@@ -97,7 +99,10 @@ def resolve_data(spec: str, cache_dir: str | Path = "data/synthav") -> Path:
 
 
 def read_records(root: str | Path) -> list[Record]:
-    """Records of an AV dataset directory, a ``path,label[,start,end]`` CSV, or a ``root/<class>/<video>`` tree."""
+    """Records of an AV dataset directory, a clip manifest (``prepare``'s; ``MANIFEST.csv#SPLIT`` for one split, else
+    all its rows), a ``path,label[,start,end]`` CSV, or a ``root/<class>/<video>`` tree."""
+    if is_manifest(root):
+        return _manifest_records(root)
     root = Path(root)
     if root.is_file() and root.suffix == ".csv":
         return _read_csv(root, root.parent)
@@ -113,6 +118,22 @@ def read_records(root: str | Path) -> list[Record]:
     return records
 
 
+def _manifest_records(spec: str | Path) -> list[Record]:
+    file, split = split_spec(spec)
+    table = read_manifest(file, split=split or ALL_SPLITS)
+    records = []
+    for i in range(len(table)):
+        labels = table.row_labels(i)
+        if len(labels) > 1:
+            raise ValueError(f"{table.path(i)} has {len(labels)} labels; this reader takes one per clip")
+        lo, hi = table.start_s[i], table.end_s[i]
+        records.append(Record(video=table.path(i), label=labels[0] if labels else None,
+                              start_s=float(lo) if np.isfinite(lo) else None,
+                              end_s=float(hi) if np.isfinite(hi) else None,
+                              split=table.splits[table.split_ids[i]] or None))
+    return records
+
+
 def _read_csv(path: Path, base: Path) -> list[Record]:
     def opt_path(v: str | None) -> Path | None:
         return base / v if v else None
@@ -121,9 +142,10 @@ def _read_csv(path: Path, base: Path) -> list[Record]:
         return float(v) if v not in (None, "") else None
 
     with open(path, newline="") as fh:
-        sample = fh.read(4096)
+        first = next(csv.reader(fh), [])
         fh.seek(0)
-        has_header = "video" in sample.splitlines()[0] if sample else False
+        # a header names a `video` column; a header-less first row holds a path (which may contain "video")
+        has_header = "video" in (c.strip() for c in first)
         if has_header:
             rows = list(csv.DictReader(fh))
         else:  # Kinetics/VGGSound style: path,label[,start,end]
@@ -138,6 +160,7 @@ def _read_csv(path: Path, base: Path) -> list[Record]:
             on_screen=opt_path(row.get("on_screen")),
             off_screen=opt_path(row.get("off_screen")),
             boxes=json.loads(row["boxes"]) if row.get("boxes") else None,
+            split=row.get("split") or None,
         )
         for row in rows
     ]
@@ -171,7 +194,7 @@ def load_clips(
         decoded = [_decode_one(j) for j in _progress(jobs, len(jobs), progress, "decode")]
     return [
         ClipData(d.frames, d.audio, d.duration_s, index[r.label] if r.label is not None else -1,
-                 {"record": r})
+                 {"record": r, "has_audio": d.has_audio})
         for d, r in zip(decoded, records, strict=True)
     ]
 
