@@ -276,7 +276,7 @@ def test_knn_votes_chunked_equal_dense_votes(chunk):
     want = _dense_votes(f, labels, 5, 12, w.astype(np.float32))
     got = est.knn_label_votes(torch.from_numpy(f), torch.from_numpy(labels), 5, k=12, weights=torch.from_numpy(w),
                               chunk=chunk)
-    assert got.dtype == torch.float32 and got.shape == (300, 5)
+    assert got.dtype == torch.float64 and got.shape == (300, 5)  # summed in float64
     np.testing.assert_allclose(got.numpy(), want, atol=1e-6)
     corrected, q, t = est.corrected_labels(got, torch.from_numpy(labels))
     np.testing.assert_array_equal(corrected.numpy(), want.argmax(1))

@@ -253,17 +253,17 @@ def knn_label_votes(features: torch.Tensor, labels: torch.Tensor, num_classes: i
 
     Shape:
         - features: (N, D) (L2-normalised here, float32); labels: (N,) ints; weights: (N,) or None
-        - output: (N, num_classes) float32, rows summing to 1
+        - output: (N, num_classes) float64, rows summing to 1
     """
     f = l2_normalize(features.float())
     n = len(f)
     w = torch.ones(n, device=f.device) if weights is None else weights.to(device=f.device, dtype=f.dtype)
     labels = labels.to(f.device)
     sim, nn = nearest_neighbours(f, k, chunk)  # (N, k)
-    votes = torch.empty(n, num_classes, device=f.device)
-    for s in range(0, n, chunk):
+    votes = torch.empty(n, num_classes, dtype=torch.float64, device=f.device)  # summed in float64: q and the
+    for s in range(0, n, chunk):  # targets built from it then do not depend on the order of the neighbours
         vote = sim[s : s + chunk].clamp_min(0) * w[nn[s : s + chunk]] + 1e-6  # (C, k)
-        votes[s : s + chunk] = (F.one_hot(labels[nn[s : s + chunk]], num_classes) * vote[..., None]).sum(1)
+        votes[s : s + chunk] = (F.one_hot(labels[nn[s : s + chunk]], num_classes) * vote[..., None].double()).sum(1)
     return votes / votes.sum(1, keepdim=True)
 
 
