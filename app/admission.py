@@ -25,16 +25,12 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import anyio
 from fastapi import FastAPI, Request, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import PROBLEM_JSON, problem, problem_response
-
-if TYPE_CHECKING:
-    from app.service import ServiceState
 
 log = logging.getLogger(__name__)
 
@@ -355,11 +351,11 @@ async def _stopped(request: Request, exc: Exception) -> Response:
     return await _refused(request, refused)
 
 
-def install(app: FastAPI, service: ServiceState) -> None:
-    """Admission's middleware (upload bytes, deadline, disconnects) and its 503 answers."""
+def install(app: FastAPI, bytes_budget: ByteBudget, deadline_s: float | None, retry_after_s: Callable[[], float],
+            stopped: dict[str, int], precheck: Callable[[str], Refused | None]) -> None:
+    """Admission's middleware (upload bytes, deadline, disconnects) and its 503 answers. The service state passes
+    its budgets and hooks in (admission sits below the service and never imports it)."""
     app.add_exception_handler(Refused, _refused)
     app.add_exception_handler(Stopped, _stopped)
-    deadline = service.settings.request_deadline_s or None
-    assert service.upload_bytes is not None
-    app.add_middleware(AdmissionMiddleware, bytes_budget=service.upload_bytes, deadline_s=deadline,
-                       retry_after_s=service.retry_after_s, stopped=service.stopped, precheck=service.precheck)
+    app.add_middleware(AdmissionMiddleware, bytes_budget=bytes_budget, deadline_s=deadline_s,
+                       retry_after_s=retry_after_s, stopped=stopped, precheck=precheck)

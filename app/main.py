@@ -51,7 +51,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = service
     install_error_handlers(app)
     app.add_middleware(InternalErrorMiddleware)  # innermost: a 500 that keeps the connection
-    admission.install(app, service)  # upload bytes held, deadlines, disconnects; 503 + Retry-After
+    assert service.upload_bytes is not None
+    # upload bytes held, deadlines, disconnects; 503 + Retry-After
+    admission.install(app, service.upload_bytes, settings.request_deadline_s or None, service.retry_after_s,
+                      service.stopped, service.precheck)
     app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.state.request_metrics = RequestMetrics()
     app.add_middleware(MetricsMiddleware, metrics=app.state.request_metrics)  # outermost: sees 413s too

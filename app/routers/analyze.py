@@ -16,8 +16,9 @@ from starlette.exceptions import HTTPException
 
 from app.admission import Work, work
 from app.deps import ServiceDep
-from app.routers import actions, localization, separations
+from app.routers import actions, localization
 from app.routers.jobs import respond_async
+from app.routers.tracks import job_response, job_store, parse_hide
 from app.schemas import AnalyzeResponse, JobStatus, ModelRef, problem_responses
 from app.service import ServiceState
 from model_store.dsp import Box
@@ -56,7 +57,7 @@ async def analyse(service: ServiceState, request: Request, path: Path, tasks: Se
                                                   manifest.heatmap if refine else None)
             answer = localization._response(manifest, win, maps, outputs["sync_logit"])
         else:
-            store = separations.job_store(service)
+            store = job_store(service)
             feeds = await anyio.to_thread.run_sync(separation_feeds, win, clip, hide)
             outputs = await service.batchers[task].infer(feeds)
             tracks = await anyio.to_thread.run_sync(separated_tracks, outputs, win, clip)
@@ -64,7 +65,7 @@ async def analyse(service: ServiceState, request: Request, path: Path, tasks: Se
                 tracks, clip.sample_rate, model=ModelRef.of(manifest).model_dump(),
                 duration_s=float(win.duration_s), has_audio=win.has_audio,
                 hide=list(hide) if hide is not None else None))
-            answer = separations._job_response(request, job)
+            answer = job_response(request, job)
         done += 1
         if w is not None:
             w.progress(0.5 + 0.5 * done / len(tasks))
@@ -120,7 +121,7 @@ async def analyze_video(
     elif top_k is not None:
         raise RequestValidationError([{"type": "value_error", "loc": ("query", "top_k"), "input": top_k,
                                        "msg": "top_k needs an action model, and none is loaded"}])
-    box = separations._parse_hide(hide)
+    box = parse_hide(hide)
     accepted = await respond_async(request, service, file.file, prefer, "analyze",
                                    job_of(service, request, tasks, top_k or 1, refine, box))
     if not isinstance(accepted, Path):

@@ -4,21 +4,20 @@ what is heard from off screen (``off_screen``), as tracks kept on disk for downl
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from os import PathLike
 from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, File, Header, Path, Query, Request, Response, UploadFile
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from starlette.exceptions import HTTPException
 
 from app.deps import ServiceDep
 from app.jobs import FORMATS, Job, JobExpired, JobNotFound, JobStore
+from app.routers import analyze
 from app.routers.jobs import respond_async
-from app.schemas import JobStatus, ModelRef, SeparationJob, SeparationTracks, problem_responses
-from model_store.dsp import Box, parse_box
+from app.routers.tracks import job_response, job_store, parse_hide
+from app.schemas import JobStatus, ModelRef, SeparationJob, problem_responses
 from model_store.pipelines.separation import separated_tracks, separation_feeds
 
 log = logging.getLogger(__name__)
@@ -26,35 +25,6 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["separations"])
 
 TASK = "separation"
-
-
-def job_store(service) -> JobStore:
-    if service.jobs is None:
-        raise HTTPException(503, "the separation result store is not running")
-    return service.jobs
-
-
-def _parse_hide(hide: str | None) -> Box | None:
-    if hide is None:
-        return None
-    try:
-        return parse_box(hide)
-    except ValueError as exc:
-        raise RequestValidationError([{
-            "type": "value_error", "loc": ("query", "hide"), "msg": f"hide={hide!r}: {exc}", "input": hide,
-        }]) from exc
-
-
-def _job_response(request: Request, job: Job) -> SeparationJob:
-    def url(track: str) -> str:
-        return str(request.url_for("download_track", job_id=job.id, filename=f"{track}.wav"))
-
-    return SeparationJob(
-        id=job.id, model=ModelRef(**job.model), sample_rate=job.sample_rate, duration_s=job.duration_s,
-        samples=job.samples, has_audio=job.has_audio, hide=job.hide,
-        tracks=SeparationTracks(on_screen=url("on_screen"), off_screen=url("off_screen")),
-        created_at=datetime.fromtimestamp(job.created_at, UTC), expires_at=datetime.fromtimestamp(job.expires_at, UTC),
-    )
 
 
 def _get_job(store: JobStore, job_id: str) -> Job:
@@ -84,8 +54,7 @@ async def create_separation(
     model = service.model(TASK)
     store = job_store(service)
     manifest = model.manifest
-    box = _parse_hide(hide)
-    from app.routers import analyze  # it builds on this module
+    box = parse_hide(hide)
 
     accepted = await respond_async(request, service, file.file, prefer, "separation",
                                    analyze.job_of(service, request, [TASK], 1, False, box, part="separation"))
@@ -102,7 +71,7 @@ async def create_separation(
         hide=list(box) if box is not None else None))
     log.info("separation %s: %.2f s, %d windows, hide=%s", job.id, windows.duration_s, len(windows), box)
     response.headers["Location"] = str(request.url_for("get_separation", job_id=job.id))
-    return _job_response(request, job)
+    return job_response(request, job)
 
 
 JobId = Annotated[str, Path(description="the job id returned by POST /v1/separations")]
@@ -112,7 +81,7 @@ JobId = Annotated[str, Path(description="the job id returned by POST /v1/separat
 async def get_separation(request: Request, service: ServiceDep, job_id: JobId) -> SeparationJob:
     """The separation job: model, sample rate, duration, track URLs, expiry."""
     job = await anyio.to_thread.run_sync(_get_job, job_store(service), job_id)
-    return _job_response(request, job)
+    return job_response(request, job)
 
 
 @router.get(
