@@ -31,6 +31,7 @@ from fastapi import FastAPI, Request, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import PROBLEM_JSON, problem, problem_response
+from app.limits import declared_length
 
 log = logging.getLogger(__name__)
 
@@ -250,13 +251,7 @@ class AdmissionMiddleware:
         if not self._guarded(scope):
             await self.app(scope, receive, send)
             return
-        declared = -1
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = -1
+        declared = declared_length(scope)
         refused = self.precheck(scope["path"].rstrip("/"))
         if refused is not None:  # the model takes no more requests now: refuse before reading the upload
             await self._refuse(send, refused)

@@ -13,6 +13,17 @@ from app.errors import PROBLEM_JSON, problem
 log = logging.getLogger(__name__)
 
 
+def declared_length(scope: Scope) -> int:
+    """The request's Content-Length, or -1 when it has none or a malformed one."""
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return -1
+    return -1
+
+
 class BodyTooLarge(HTTPException):
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"the request body exceeds the limit of {limit} bytes")
@@ -40,17 +51,11 @@ class UploadLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = -1
-                if declared > self.max_bytes:
-                    log.info("refused a %d-byte body on %s", declared, scope.get("path"))
-                    await self._refuse(send)
-                    return
-                break
+        declared = declared_length(scope)
+        if declared > self.max_bytes:
+            log.info("refused a %d-byte body on %s", declared, scope.get("path"))
+            await self._refuse(send)
+            return
 
         received = 0
         exceeded = False
