@@ -11,7 +11,7 @@ import numpy as np
 
 from model_store.manifest import ClipSpec
 from model_store.media import normalize_video
-from training.data.datasets import ClipData
+from training.data.datasets import ClipData, window_arrays
 
 # the paper's shift range as a fraction of its 4.2 s window
 PAPER_SHIFT = (2.0 / 4.2, 5.8 / 4.2)
@@ -66,17 +66,6 @@ def draw_batch(rng: np.random.Generator, clips: Sequence[ClipData], clip: ClipSp
             pairs.append(p)
     flips = rng.uniform(size=batch_size) < 0.5 if flip else None
     return pairs, flips
-
-
-def window_arrays(c: ClipData, clip: ClipSpec, video_s: float, audio_s: float) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 frames (T, H, W, 3) from ``video_s`` and float32 audio (S,) from ``audio_s``."""
-    f0 = int(round(video_s * clip.fps))
-    idx = np.minimum(np.arange(f0, f0 + clip.frames), len(c.frames) - 1)
-    a0 = int(round(audio_s * clip.sample_rate))
-    audio = np.zeros(clip.audio_samples, dtype=np.float32)
-    chunk = c.audio[a0:a0 + clip.audio_samples]
-    audio[:len(chunk)] = chunk
-    return c.frames[idx], audio
 
 
 def heldout_pairs(clips: Sequence[ClipData], clip: ClipSpec, shifts: tuple[float, float],

@@ -207,6 +207,17 @@ def _progress(it, total: int, enabled: bool, desc: str):
     return tqdm(it, total=total, desc=desc, unit="clip")
 
 
+def window_arrays(c: ClipData, clip: ClipSpec, video_s: float, audio_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 frames (T, H, W, 3) from ``video_s`` and float32 audio (S,) from ``audio_s``."""
+    f0 = int(round(video_s * clip.fps))
+    idx = np.minimum(np.arange(f0, f0 + clip.frames), len(c.frames) - 1)
+    a0 = int(round(audio_s * clip.sample_rate))
+    audio = np.zeros(clip.audio_samples, dtype=np.float32)
+    chunk = c.audio[a0:a0 + clip.audio_samples]
+    audio[:len(chunk)] = chunk
+    return c.frames[idx], audio
+
+
 class WindowDataset(Dataset):
     """One window per clip and item. Training draws a random start each time; evaluation takes the
     sliding windows the service uses (``all_windows=True``: item i is the i-th window over all clips).
@@ -227,14 +238,7 @@ class WindowDataset(Dataset):
         return len(self.clips) if self.train else len(self.index)
 
     def window(self, ci: int, start_s: float) -> tuple[np.ndarray, np.ndarray]:
-        clip, spec = self.clips[ci], self.spec
-        f0 = int(round(start_s * spec.fps))
-        idx = np.minimum(np.arange(f0, f0 + spec.frames), len(clip.frames) - 1)
-        a0 = int(round(start_s * spec.sample_rate))
-        audio = np.zeros(spec.audio_samples, dtype=np.float32)
-        chunk = clip.audio[a0 : a0 + spec.audio_samples]
-        audio[: len(chunk)] = chunk
-        return clip.frames[idx], audio
+        return window_arrays(self.clips[ci], self.spec, start_s, start_s)
 
     def __getitem__(self, i: int):
         if self.train:
