@@ -1,5 +1,5 @@
 """``python -m training <command>``: synth, prepare, pretrain, train-action, train-separation, export, evaluate,
-build-defaults, noise-benchmark."""
+build-defaults, noise-benchmark, voices."""
 
 from __future__ import annotations
 
@@ -213,8 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from training.action.noise_benchmark import add_parser as add_noise_benchmark
     from training.data.prepare import add_parser as add_prepare
+    from training.data.voices import add_parser as add_voices
 
     add_prepare(sub)
+    add_voices(sub)
     add_noise_benchmark(sub)
     return p
 

@@ -118,3 +118,40 @@ def test_cli_writes_a_speech_dataset(tmp_path) -> None:
         off, _ = sf.read(out / r["off_screen"])
         assert sr == 16000 and len(on) == len(off) == 64000
         assert (out / r["video"]).stat().st_size > 1000
+
+
+def _speaker_bank(root, speakers=("alice", "bob", "carol")):
+    """One folder per speaker, each speaker a distinct pitch (so a track's pitch names its speaker)."""
+    sr = 16000
+    t = np.arange(int(1.5 * sr)) / sr
+    pitches = {}
+    for k, name in enumerate(speakers):
+        (root / name).mkdir(parents=True)
+        f0 = 120.0 + 70.0 * k
+        pitches[name] = f0
+        for j in range(2):
+            bursts = (np.sin(2 * np.pi * (2.0 + j) * t) > 0.2).astype(float)
+            sf.write(root / name / f"{j}.wav", (0.3 * bursts * np.sin(2 * np.pi * f0 * t)).astype(np.float32), sr)
+    return pitches
+
+
+def _pitch(x: np.ndarray, sr: int) -> float:
+    spec = np.abs(np.fft.rfft(x))
+    return float(np.fft.rfftfreq(len(x), 1 / sr)[int(np.argmax(spec))])
+
+
+def test_recorded_voices_same_pitch_takes_one_speaker_and_plain_two(tmp_path) -> None:
+    """Prompts shorter than a clip are joined (not looped); ``same_pitch`` pairs a speaker with itself, the other
+    variants pair two different speakers."""
+    from training.data.synthav_speech import voice_bank
+
+    pitches = _speaker_bank(tmp_path)
+    bank = voice_bank(tmp_path)
+    assert sorted(bank) == ["alice", "bob", "carol"] and all(len(v) == 2 for v in bank.values())
+    known = np.array(sorted(pitches.values()))
+    for i in range(6):
+        for variant, same in (("same_pitch", True), ("plain", False), ("two_faces", False)):
+            clip = render_speech_clip([3, i], variant, CFG, voices=bank)
+            f_on, f_off = (known[np.argmin(np.abs(known - _pitch(x, clip.sample_rate)))]
+                           for x in (clip.on_screen, clip.off_screen))
+            assert (f_on == f_off) == same, (variant, f_on, f_off)

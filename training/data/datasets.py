@@ -55,16 +55,19 @@ _SYNTH = re.compile(r"^synthav:(.*)$")
 
 
 def parse_synth_spec(spec: str) -> dict[str, int | str] | None:
-    """``synthav:seed=S,n=N[,kind=actions]`` -> dict, or None for a path."""
+    """``synthav:seed=S,n=N[,kind=actions][,voices=DIR]`` -> dict, or None for a path (``voices``: speech kinds
+    voiced by the recordings under DIR, e.g. ``python -m training voices``' ``data/voices/train``)."""
     m = _SYNTH.match(spec)
     if not m:
         return None
     out: dict[str, int | str] = {"kind": "actions"}
     for part in filter(None, m.group(1).split(",")):
         key, _, value = part.partition("=")
-        if key not in ("seed", "n", "kind"):
-            raise ValueError(f"{spec!r}: unknown key {key!r} (seed, n, kind)")
-        out[key] = value if key == "kind" else int(value)
+        if key not in ("seed", "n", "kind", "voices"):
+            raise ValueError(f"{spec!r}: unknown key {key!r} (seed, n, kind, voices)")
+        out[key] = value if key in ("kind", "voices") else int(value)
+    if "voices" in out and not str(out["kind"]).startswith("speech"):
+        raise ValueError(f"{spec!r}: voices= is for the speech kinds")
     if "seed" not in out or "n" not in out:
         raise ValueError(f"{spec!r} needs seed= and n=")
     return out
@@ -80,7 +83,10 @@ def resolve_data(spec: str, cache_dir: str | Path = "data/synthav") -> Path:
         return path
     from training.data import synthav
 
-    out = Path(cache_dir) / f"{synth['kind']}-seed{synth['seed']}-n{synth['n']}"
+    name = f"{synth['kind']}-seed{synth['seed']}-n{synth['n']}"
+    if "voices" in synth:  # the folder's path names the set (its content is not hashed: render a new one elsewhere)
+        name += "-voices-" + re.sub(r"[^A-Za-z0-9]+", "_", str(synth["voices"])).strip("_")
+    out = Path(cache_dir) / name
     if not (out / "index.csv").is_file():
         log.info("rendering %s into %s", spec, out)
         tmp = out.with_name(f"{out.name}.{os.getpid()}.partial")
@@ -88,7 +94,8 @@ def resolve_data(spec: str, cache_dir: str | Path = "data/synthav") -> Path:
             from training.data import synthav_speech
 
             synthav_speech.write_speech_dataset(tmp, n=int(synth["n"]), seed=int(synth["seed"]),
-                                                kind=str(synth["kind"]), progress=True, workers=2)
+                                                kind=str(synth["kind"]), voices=synth.get("voices"),
+                                                progress=True, workers=2)
         elif synth["kind"] != "actions":
             raise ValueError(f"SynthAV kind {synth['kind']!r} is not available (actions, speech*)")
         else:

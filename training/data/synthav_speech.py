@@ -12,7 +12,9 @@ with a silent moving distractor; a second voice that no visible mouth follows is
 
 Voices are synthetic (a harmonic source with a pitch contour, three formants per syllable and a syllable-rate
 envelope) or, with ``voices=DIR``, segments of real recordings from a folder (any sample rate; resampled),
-in which case the mouth follows the recording's loudness envelope. Deterministic from the seed (and the
+in which case the mouth follows the recording's loudness envelope. The folder's first level names the
+speakers (``DIR/<speaker>/...``): ``same_pitch`` then means one speaker on both tracks, the other variants
+two different speakers. Deterministic from the seed (and the
 folder's content).
 """
 
@@ -22,6 +24,7 @@ import csv
 import json
 import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,10 +158,27 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
 
 
 def list_voices(folder: str | Path) -> list[Path]:
-    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    """Audio files under ``folder``, sorted, following symbolic links to folders."""
+    files = sorted(Path(d) / f for d, _, names in os.walk(folder, followlinks=True) for f in names
+                   if Path(f).suffix.lower() in AUDIO_SUFFIXES)
     if not files:
         raise FileNotFoundError(f"{folder}: no audio files ({', '.join(sorted(AUDIO_SUFFIXES))})")
     return files
+
+
+VoiceBank = dict[str, list[Path]]  # speaker -> recordings
+
+
+def voice_bank(folder: str | Path) -> VoiceBank:
+    """The recordings under ``folder`` grouped by speaker: the first folder level below ``folder`` names the
+    speaker (``<folder>/<speaker>/**/<file>``, as ``python -m training voices`` writes a split); files directly
+    in ``folder`` belong to one speaker named ``""``."""
+    root = Path(folder)
+    bank: VoiceBank = {}
+    for p in list_voices(root):
+        rel = p.relative_to(root).parts
+        bank.setdefault(rel[0] if len(rel) > 1 else "", []).append(p)
+    return bank
 
 
 def loudness_envelope(x: np.ndarray, sr: int) -> np.ndarray:
@@ -171,23 +191,44 @@ def loudness_envelope(x: np.ndarray, sr: int) -> np.ndarray:
     return np.interp(np.arange(len(x)), (np.arange(n_frames) + 0.5) * hop, rms)
 
 
-def real_voice(rng: np.random.Generator, files: Sequence[Path], sr: int, n: int,
-               cache: dict[Path, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """A random ``n``-sample segment of a random recording (looped if shorter): (voice, envelope)."""
-    path = files[int(rng.integers(len(files)))]
+def _load_cached(path: Path, sr: int, cache: dict[Path, np.ndarray] | None) -> np.ndarray:
     if cache is not None and path in cache:
-        x = cache[path]
-    else:
-        x = load_audio(path, sr)
-        if cache is not None:
-            cache[path] = x
+        return cache[path]
+    x = load_audio(path, sr)
     if len(x) == 0:
         raise ValueError(f"{path}: no audio samples")
-    if len(x) < n:
-        x = np.tile(x, math.ceil(n / len(x)))
-    start = int(rng.integers(0, len(x) - n + 1))
-    seg = x[start : start + n].astype(np.float64)
+    if cache is not None:
+        cache[path] = x
+    return x
+
+
+def real_voice(rng: np.random.Generator, files: Sequence[Path], sr: int, n: int,
+               cache: dict[Path, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A random ``n``-sample segment of one speaker's recordings: random files joined with 0.1-0.5 s pauses
+    until long enough (short prompts are not looped), then a random crop. Returns (voice, envelope)."""
+    parts, total = [], 0
+    while total < n:
+        x = _load_cached(files[int(rng.integers(len(files)))], sr, cache)
+        if parts:
+            gap = np.zeros(int(rng.uniform(0.1, 0.5) * sr), np.float32)
+            parts.append(gap)
+            total += len(gap)
+        parts.append(x)
+        total += len(x)
+    joined = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    start = int(rng.integers(0, len(joined) - n + 1))
+    seg = joined[start : start + n].astype(np.float64)
     return seg, loudness_envelope(seg, sr)
+
+
+def _pick_speakers(rng: np.random.Generator, bank: VoiceBank, same: bool) -> tuple[str, str]:
+    """(on-screen, off-screen) speakers: the same one for ``same``, else two different ones where the bank has them."""
+    names = sorted(bank)
+    first = names[int(rng.integers(len(names)))]
+    if same or len(names) == 1:
+        return first, first
+    others = [s for s in names if s != first]
+    return first, others[int(rng.integers(len(others)))]
 
 
 # ------------------------------------------------------------------------------------------------ faces
@@ -227,8 +268,13 @@ def _mouth(env: np.ndarray, g: _Grid, sr: int) -> np.ndarray:
 
 
 def render_speech_clip(seed: int | Sequence[int], variant: str = "plain", config: SpeechConfig = _DEFAULT,
-                       voices: Sequence[Path] | None = None, voice_cache: dict | None = None) -> SpeechClip:
-    """Render one speech clip; the same arguments always give identical arrays."""
+                       voices: VoiceBank | Sequence[Path] | None = None, voice_cache: dict | None = None
+                       ) -> SpeechClip:
+    """Render one speech clip; the same arguments always give identical arrays.
+
+    With ``voices`` (recordings by speaker, or a plain list as one speaker) the two voices are recordings:
+    ``same_pitch`` takes both from one speaker (only the lips tell them apart), the other variants from two
+    different speakers where there are two."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     face_ss, voice_ss, mix_ss, distractor_ss, background_ss = _seed_sequence(seed).spawn(5)
@@ -245,9 +291,11 @@ def render_speech_clip(seed: int | Sequence[int], variant: str = "plain", config
             if abs(math.log(f_off / f_on)) > math.log(1.15):
                 break
     tracks, envs = [], []
-    for f0 in (f_on, f_off):
-        if voices:
-            x, env = real_voice(v_rng, voices, sr, n, voice_cache)
+    bank = (voices if isinstance(voices, dict) else {"": list(voices)}) if voices else None
+    picked = _pick_speakers(v_rng, bank, variant == "same_pitch") if bank else ("", "")
+    for f0, who in zip((f_on, f_off), picked, strict=True):
+        if bank:
+            x, env = real_voice(v_rng, bank[who], sr, n, voice_cache)
         else:
             env = syllable_envelope(v_rng, g.t_audio, g.duration)
             x = synth_voice(v_rng, env, sr, f0)
@@ -325,7 +373,7 @@ def write_speech_dataset(out: str | Path, n: int, seed: int, kind: str = "speech
     """
     if kind not in KINDS:
         raise ValueError(f"speech kind must be one of {sorted(KINDS)}, got {kind!r}")
-    voice_files = list_voices(voices) if voices else None
+    voice_files = voice_bank(voices) if voices else None
     out = Path(out)
     clips_dir = out / "clips"
     clips_dir.mkdir(parents=True, exist_ok=True)

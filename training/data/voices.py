@@ -1,0 +1,303 @@
+"""A library of speech recordings to train separation on: ``python -m training voices --out data/voices``.
+
+Real collections of recorded speech cannot be downloaded here, so the library is rendered by the speech
+synthesisers that Debian packages: Festival's voices (``festvox-*``: diphone and HTS voices built from a
+person's recorded speech, in English, Czech, Italian, Russian, Finnish and Catalan), Flite's built-in voices
+(US and Scottish English) and espeak-ng (formant synthesis, 16 languages x voice variants). Each *speaker* is
+one voice at its own fixed pitch and rate; the sentences are random (English from a word list, the other
+languages as pronounceable pseudo-words in their spelling), and every utterance is resampled by a random
+factor within +-6 % (pitch and tempo together, a natural range) so that no two takes are alike.
+
+Splits are **speaker-disjoint and person-disjoint**: two voices made from the same person's recordings (Flite's
+and Festival's ``kal``, ``slt``) have one ``person`` and always land in the same split. ``test`` and ``val``
+persons are fixed below; espeak-ng speakers are split by a hash of their name. Debian's
+``asterisk-core-sounds-*`` are never used here: they are reserved for the independent evaluation.
+
+Layout written: ``<out>/<split>/<speaker>/<nnn>.wav`` (16 kHz mono float) and ``<out>/speakers.csv`` (speaker,
+person, engine, voice, language, split, utterances, seconds). Deterministic from ``--seed`` and the installed
+synthesisers' versions (recorded in ``<out>/voices.json``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Speaker:
+    name: str  # unique, used as the folder name
+    person: str  # whose recordings the voice was built from (the split key)
+    engine: str  # festival | flite | espeak
+    voice: str  # the engine's voice name (espeak: language+variant)
+    language: str
+    pitch: int = 50  # espeak -p (0-99)
+    rate: int = 160  # espeak -s (words per minute)
+
+
+# Festival: (voice function suffix, person, language). The Indic NSK voices need files Debian does not ship.
+FESTIVAL = (
+    ("kal_diphone", "kal", "en"), ("ked_diphone", "ked", "en"), ("cmu_us_slt_arctic_hts", "slt", "en"),
+    ("czech_dita", "dita", "cs"), ("czech_krb", "krb", "cs"), ("czech_machac", "machac", "cs"),
+    ("czech_ph", "ph", "cs"), ("lp_diphone", "lp", "it"), ("pc_diphone", "pc", "it"),
+    ("msu_ru_nsh_clunits", "nsh", "ru"), ("suo_fi_lj_diphone", "lj", "fi"), ("hy_fi_mv_diphone", "mv", "fi"),
+    ("upc_ca_ona_hts", "ona", "ca"),
+)
+FLITE = (("kal", "kal", "en"), ("kal16", "kal", "en"), ("awb", "awb", "en"), ("rms", "rms", "en"),
+         ("slt", "slt", "en"))
+ESPEAK_LANGS = ("en", "en-us", "de", "fr", "es", "it", "pt", "nl", "pl", "sv", "cs", "ru", "fi", "hu", "tr", "ro")
+ESPEAK_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m7", "f1", "f2", "f3", "f4", "f5", "klatt")
+# Persons held out. test: our own speaker-disjoint evaluation; val: model selection during training.
+TEST_PERSONS = frozenset({"ked", "krb", "pc", "mv", "rms"})
+VAL_PERSONS = frozenset({"ph", "awb"})
+
+_EN_WORDS = (
+    "the a this that my your our their one two three some many every people time year day week night way "
+    "thing man woman child world life hand part place case point home room house water light voice story "
+    "street city road door window table garden river morning evening music paper letter number question "
+    "answer money friend family mother father brother sister teacher doctor market school station train "
+    "is was are were will would can could should must have has had do does did go goes went come came "
+    "see saw look looked make made take took give gave find found think thought tell told ask asked work "
+    "worked call called try tried need needed feel felt leave left keep kept start started show showed "
+    "hear heard play played run ran move moved live lived bring brought write wrote sit sat stand stood "
+    "good new first last long great little own other old right big high different small large next early "
+    "young important few public bad same able quiet green yellow cold warm heavy quick slow bright dark "
+    "very really quite just still never always often again later soon today tomorrow yesterday here there "
+    "and but or because if when while after before since until about over under with without from into"
+).split()
+# Pseudo-word spelling per language: (onsets, vowels, codas). ASCII only: several Festival voices read Latin-1.
+_SPELLING = {
+    "cs": ("b c d h j k l m n p r s t v z ch st pr tr kr sl", "a e i o u y a e o", "k l m n s t j"),
+    "it": ("b c d f g l m n p r s t v z gr pr tr st br", "a e i o u a o", ""),
+    "fi": ("h j k l m n p r s t v", "a e i o u y aa ee ii uu", "n s t l"),
+    "ca": ("b c d f g l m n p r s t v ll pr tr", "a e i o u a e", "l n r s t"),
+    "de": ("b d f g h k l m n p r s t w z sch st", "a e i o u au ei ie", "n r s t ch"),
+    "fr": ("b d f j l m n p r s t v ch", "a e i o u ou on an", "r s l"),
+    "es": ("b c d f g l m n p r s t ll ch", "a e i o u a o", "n r s l"),
+    "pt": ("b d f g l m n p r s t v ch", "a e i o u ao", "s r l"),
+    "nl": ("b d f g h k l m n p r s t v w z", "a e i o u aa ee oo ij", "n r s t k"),
+    "pl": ("b c d g j k l m n p r s t w z sz cz", "a e i o u y", "k n s t"),
+    "sv": ("b d f g h j k l m n p r s t v", "a e i o u y", "n r s t k"),
+    "hu": ("b d f g h k l m n p r s t v z sz", "a e i o u", "n r s t k l"),
+    "tr": ("b c d g k l m n p r s t y z", "a e i o u", "n r s k l m"),
+    "ro": ("b c d f g l m n p r s t v", "a e i o u", "n r s t"),
+}
+_RU = ("б в г д к л м н п р с т", "а е и о у ы я", "н т к л")
+
+
+def speakers(seed: int = 0) -> list[Speaker]:
+    """Every speaker the library renders (independent of what is installed; ``available`` filters)."""
+    out = [Speaker(f"festival-{v}", p, "festival", v, lang) for v, p, lang in FESTIVAL]
+    out += [Speaker(f"flite-{v}", p, "flite", v, lang) for v, p, lang in FLITE]
+    rng = np.random.default_rng([seed, 7])
+    for lang in ESPEAK_LANGS:
+        for var in ESPEAK_VARIANTS:
+            name = f"espeak-{lang}-{var}"
+            out.append(Speaker(name, name, "espeak", f"{lang}+{var}", lang.split("-")[0],
+                               pitch=int(rng.integers(25, 76)), rate=int(rng.integers(135, 196))))
+    return out
+
+
+def split_of(person: str) -> str:
+    if person in TEST_PERSONS:
+        return "test"
+    if person in VAL_PERSONS:
+        return "val"
+    if person.startswith("espeak-"):  # about 70 / 15 / 15 by a stable hash of the name
+        h = int(hashlib.sha256(person.encode()).hexdigest()[:8], 16) % 20
+        return "test" if h < 3 else "val" if h < 6 else "train"
+    return "train"
+
+
+def sentence(rng: np.random.Generator, language: str) -> str:
+    """A random sentence of 6-16 words, in the language's spelling."""
+    n = int(rng.integers(6, 17))
+    if language == "en":
+        return " ".join(_EN_WORDS[int(i)] for i in rng.integers(len(_EN_WORDS), size=n))
+    onsets, vowels, codas = (s.split() for s in (_RU if language == "ru" else _SPELLING[language]))
+    words = []
+    for _ in range(n):
+        syl = []
+        for _ in range(int(rng.integers(1, 4))):
+            syl.append(onsets[int(rng.integers(len(onsets)))] + vowels[int(rng.integers(len(vowels)))])
+            if codas and rng.uniform() < 0.3:
+                syl.append(codas[int(rng.integers(len(codas)))])
+        words.append("".join(syl))
+    return " ".join(words)
+
+
+def available(engine: str) -> bool:
+    return shutil.which({"festival": "festival", "flite": "flite", "espeak": "espeak-ng"}[engine]) is not None
+
+
+def _scheme_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _synthesise(sp: Speaker, texts: Sequence[str], tmp: Path) -> list[Path]:
+    """Render ``texts`` with one speaker into ``tmp``; one engine process per speaker where possible."""
+    paths = [tmp / f"{i:04d}.wav" for i in range(len(texts))]
+    if sp.engine == "festival":
+        script = tmp / "say.scm"
+        lines = [f"(voice_{sp.voice})"]
+        lines += [f"(utt.save.wave (SynthText {_scheme_string(t)}) {_scheme_string(str(p))})"
+                  for t, p in zip(texts, paths, strict=True)]
+        script.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        subprocess.run(["festival", "-b", str(script)], check=True, capture_output=True, timeout=600)
+    elif sp.engine == "flite":
+        for t, p in zip(texts, paths, strict=True):
+            subprocess.run(["flite", "-voice", sp.voice, "-t", t, "-o", str(p)], check=True, capture_output=True,
+                           timeout=120)
+    else:
+        for t, p in zip(texts, paths, strict=True):
+            subprocess.run(["espeak-ng", "-v", sp.voice, "-p", str(sp.pitch), "-s", str(sp.rate), "-w", str(p), t],
+                           check=True, capture_output=True, timeout=120)
+    return paths
+
+
+def _resample(x: np.ndarray, sr: int, factor: float) -> np.ndarray:
+    """``x`` at ``sr`` read as if recorded at ``sr * factor``, back at ``SAMPLE_RATE``: pitch and tempo x factor."""
+    from scipy.signal import resample_poly
+
+    ratio = SAMPLE_RATE / (sr * factor)
+    frac = _fraction(ratio)
+    return resample_poly(x, frac[0], frac[1])
+
+
+def _fraction(ratio: float, limit: int = 400) -> tuple[int, int]:
+    from fractions import Fraction
+
+    f = Fraction(ratio).limit_denominator(limit)
+    return f.numerator, f.denominator
+
+
+def _trim(x: np.ndarray, sr: int) -> np.ndarray:
+    """Drop leading and trailing silence (below -45 dB of the peak, 10 ms frames), keep 50 ms margins."""
+    hop = sr // 100
+    n = len(x) // hop
+    if n == 0:
+        return x
+    e = np.sqrt(np.mean(x[: n * hop].reshape(n, hop) ** 2, axis=1))
+    loud = np.flatnonzero(e > np.abs(x).max() * 10 ** (-45 / 20))
+    if not len(loud):
+        return x[:0]
+    a, b = max(0, (loud[0] - 5) * hop), min(len(x), (loud[-1] + 6) * hop)
+    return x[a:b]
+
+
+def render_speaker(sp: Speaker, out_dir: Path, n_utts: int, seed: int) -> tuple[int, float]:
+    """Write ``n_utts`` utterances of ``sp`` (each two sentences with a pause) to ``out_dir``: (count, seconds)."""
+    rng = np.random.default_rng([seed, int(hashlib.sha256(sp.name.encode()).hexdigest()[:8], 16)])
+    texts = [sentence(rng, sp.language) for _ in range(2 * n_utts)]
+    factors = rng.uniform(0.94, 1.06, size=n_utts)
+    pauses = rng.uniform(0.2, 0.7, size=n_utts)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    total = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = _synthesise(sp, texts, Path(tmp))
+        for i in range(n_utts):
+            parts = []
+            for p in paths[2 * i : 2 * i + 2]:
+                x, sr = sf.read(p, dtype="float64", always_2d=True)
+                parts.append(_trim(_resample(x.mean(axis=1), sr, float(factors[i])), SAMPLE_RATE))
+            gap = np.zeros(int(pauses[i] * SAMPLE_RATE))
+            y = np.concatenate([parts[0], gap, parts[1]])
+            peak = np.abs(y).max()
+            if not math.isfinite(peak) or peak == 0:
+                raise RuntimeError(f"{sp.name}: utterance {i} is silent")
+            sf.write(out_dir / f"{i:03d}.wav", (0.9 * y / peak).astype(np.float32), SAMPLE_RATE, subtype="FLOAT")
+            total += len(y) / SAMPLE_RATE
+    return n_utts, total
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name, cmd in (("festival", ["festival", "--version"]), ("flite", ["flite", "--version"]),
+                      ("espeak-ng", ["espeak-ng", "--version"])):
+        try:
+            out[name] = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            out[name] = "missing"
+    return out
+
+
+def build_library(out: str | Path, n_utts: int = 24, n_espeak_utts: int = 12, seed: int = 0, workers: int = 2,
+                  engines: Sequence[str] = ("festival", "flite", "espeak"), progress: bool = False) -> Path:
+    """Render every available speaker; returns ``<out>/speakers.csv``. Engines that are not installed are
+    skipped with a warning (``apt-get install festival festvox-* flite espeak-ng``)."""
+    out = Path(out)
+    todo = []
+    for sp in speakers(seed):
+        if sp.engine not in engines:
+            continue
+        if not available(sp.engine):
+            log.warning("voices: %s is not installed, skipping %s", sp.engine, sp.name)
+            continue
+        todo.append(sp)
+    if not todo:
+        raise RuntimeError("voices: no speech synthesiser installed (festival, flite, espeak-ng)")
+
+    def one(sp: Speaker):
+        n = n_espeak_utts if sp.engine == "espeak" else n_utts
+        try:
+            return sp, render_speaker(sp, out / split_of(sp.person) / sp.name, n, seed), ""
+        except (subprocess.SubprocessError, OSError, RuntimeError, ValueError) as exc:
+            shutil.rmtree(out / split_of(sp.person) / sp.name, ignore_errors=True)
+            return sp, (0, 0.0), f"{type(exc).__name__}: {exc}"[:200]
+
+    rows, failed = [], []
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        results = pool.map(one, todo)
+        if progress:
+            from tqdm import tqdm
+
+            results = tqdm(results, total=len(todo), desc="voices", unit="speaker")
+        for sp, (count, secs), err in results:
+            if err:
+                log.warning("voices: %s failed: %s", sp.name, err)
+                failed.append({"speaker": sp.name, "error": err})
+                continue
+            rows.append({**asdict(sp), "split": split_of(sp.person), "utterances": count,
+                         "seconds": round(secs, 2)})
+    index = out / "speakers.csv"
+    with index.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = {split: {"speakers": sum(r["split"] == split for r in rows),
+                       "persons": len({r["person"] for r in rows if r["split"] == split}),
+                       "hours": round(sum(r["seconds"] for r in rows if r["split"] == split) / 3600, 3)}
+               for split in SPLITS}
+    (out / "voices.json").write_text(json.dumps({"seed": seed, "sample_rate": SAMPLE_RATE, "splits": summary,
+                                                 "failed": failed, "versions": _versions()}, indent=1))
+    log.info("voices: %s", summary)
+    return index
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("voices", help="render the speech library for separation training (festival, flite, espeak-ng)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--utterances", type=int, default=24, help="per Festival / Flite speaker")
+    p.add_argument("--espeak-utterances", type=int, default=12, help="per espeak-ng speaker")
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(func=lambda a: print(build_library(a.out, a.utterances, a.espeak_utterances, a.seed, a.workers,
+                                                      progress=True)) or 0)
