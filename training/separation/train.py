@@ -43,7 +43,7 @@ EPS = 1e-8  # SI-SDR: added to both energies so that silent windows give finite 
 
 @dataclass
 class SepDataConfig:
-    train: str = "synthav:seed=1,n=1000,kind=speech"
+    train: str | list[str] = "synthav:seed=1,n=1000,kind=speech"  # a list: the sets pooled
     val: str = "synthav:seed=2,n=48,kind=speech"
     cache_dir: str = "data/synthav"
     workers: int = 2
@@ -55,6 +55,27 @@ class MixConfig:
     level_db: tuple[float, float] = (-5.0, 5.0)  # off-screen voice relative to on-screen, dB
     own_off: float = 0.5
     gain: tuple[float, float] = (0.5, 1.5)  # overall gain of the mixture
+
+
+@dataclass
+class AugConfig:
+    """Recording conditions drawn per mixture (all off by default; the SynthAV recipe uses none). Each is
+    applied with its probability: ``reverb``: each voice in a room of its own (an exponentially decaying noise
+    response, RT60 in ``rt60_s``; the targets are the reverberant voices, as heard); ``noise``: background noise
+    (white to brown, random slope) at ``snr_db`` below the voices, counted off screen; ``band``: the whole
+    recording band-limited like a phone or a laptop microphone (``band_hz`` ranges of the low and high cut), the
+    targets too."""
+    reverb: float = 0.0
+    rt60_s: tuple[float, float] = (0.15, 0.6)
+    noise: float = 0.0
+    snr_db: tuple[float, float] = (10.0, 30.0)
+    band: float = 0.0
+    low_hz: tuple[float, float] = (80.0, 400.0)
+    high_hz: tuple[float, float] = (2800.0, 3900.0)
+
+    @property
+    def active(self) -> bool:
+        return self.reverb > 0 or self.noise > 0 or self.band > 0
 
 
 @dataclass
@@ -88,6 +109,7 @@ class SeparationTrainConfig(RunOptions):
     init_unet: str = ""  # a separation checkpoint (e.g. the audio-only PIT run) whose U-Net initialises this one
     data: SepDataConfig = field(default_factory=SepDataConfig)
     mix: MixConfig = field(default_factory=MixConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: SepOptimConfig = field(default_factory=SepOptimConfig)
     window_hop_s: float = 0.75  # sliding-window hop recorded in the clip spec (overlap-add at inference)
@@ -197,39 +219,101 @@ def load_sources(spec_str: str, clip: ClipSpec, data: SepDataConfig, progress: b
     return SourceSet(frames, on, off)
 
 
+def pooled_sources(specs: str | Sequence[str], clip: ClipSpec, data: SepDataConfig, progress: bool = False
+                   ) -> SourceSet:
+    """One ``SourceSet`` of several datasets' clips (a single spec: that dataset's)."""
+    if isinstance(specs, str):
+        return load_sources(specs, clip, data, progress)
+    sets = [load_sources(s, clip, data, progress) for s in specs]
+    return SourceSet([f for s in sets for f in s.frames], [x for s in sets for x in s.on],
+                     [x for s in sets for x in s.off])
+
+
 def _rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(x.astype(np.float64) ** 2)) + 1e-6)
 
 
+def _room(rng: np.random.Generator, sr: int, rt60: float) -> np.ndarray:
+    """A room response: a direct path then exponentially decaying noise (-60 dB after ``rt60`` s), unit energy."""
+    n = max(2, int(rt60 * sr))
+    t = np.arange(n) / sr
+    h = rng.normal(size=n) * np.exp(-6.908 * t / rt60)
+    h[0] = 1.0 / rng.uniform(0.3, 1.0)  # direct-to-reverberant ratio varies with the distance
+    return h / np.sqrt(np.sum(h**2))
+
+
+def _coloured_noise(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Noise whose power falls as f^-slope, slope in [0, 2] (white to brown), unit RMS."""
+    spec = np.fft.rfft(rng.normal(size=n))
+    f = np.arange(len(spec), dtype=np.float64)
+    f[0] = 1.0
+    x = np.fft.irfft(spec / f ** (rng.uniform(0.0, 2.0) / 2), n)
+    return x / (np.sqrt(np.mean(x**2)) + 1e-12)
+
+
+def _band_limit(x: np.ndarray, sr: int, low: float, high: float) -> np.ndarray:
+    from scipy.signal import butter, sosfilt
+
+    sos = butter(4, [low, min(high, 0.49 * sr)], btype="bandpass", fs=sr, output="sos")
+    return sosfilt(sos, x)
+
+
+def augment(on: np.ndarray, off: np.ndarray, aug: AugConfig, sr: int, rng: np.random.Generator
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """The two clean voices as recorded under random conditions (see ``AugConfig``): (on, off) float64."""
+    from scipy.signal import fftconvolve
+
+    on, off = on.astype(np.float64), off.astype(np.float64)
+    if rng.uniform() < aug.reverb:
+        on = fftconvolve(on, _room(rng, sr, rng.uniform(*aug.rt60_s)))[: len(on)]
+        off = fftconvolve(off, _room(rng, sr, rng.uniform(*aug.rt60_s)))[: len(off)]
+    if rng.uniform() < aug.noise:
+        level = _rms(on + off) * 10.0 ** (-rng.uniform(*aug.snr_db) / 20.0)
+        off = off + level * _coloured_noise(rng, len(off))
+    if rng.uniform() < aug.band:
+        low, high = rng.uniform(*aug.low_hz), rng.uniform(*aug.high_hz)
+        on, off = _band_limit(on, sr, low, high), _band_limit(off, sr, low, high)
+    return on, off
+
+
 def make_batch(src: SourceSet, clip: ClipSpec, mix: MixConfig, rng: np.random.Generator, size: int,
-               keep: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               keep: Sequence[int] | None = None, aug: AugConfig | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """On-the-fly mixtures: (video (B, 3, T, H, W), mixture (B, S), refs (B, 2, S)). ``size`` mixtures are drawn
-    from ``rng``; with ``keep`` (this rank's share of a global batch) only those are built."""
+    from ``rng``; with ``keep`` (this rank's share of a global batch) only those are built. With an active
+    ``aug``, each mixture's recording conditions come from a generator seeded by (batch seed, its index)."""
     n_clips, S, T = len(src.frames), clip.audio_samples, clip.frames
     wanted = set(range(size) if keep is None else keep)
-    videos, mixes, refs = [], [], []
+    drawn = []
     for k in range(size):
         i = int(rng.integers(n_clips))
         n_frames = len(src.frames[i])
         f0 = int(rng.integers(0, max(1, n_frames - T + 1)))
         a0 = int(round(f0 / clip.fps * clip.sample_rate))
         own = rng.uniform() < mix.own_off
+        j = b0 = 0
         if not own:
             j = int(rng.integers(n_clips - 1))
             j += j >= i
             b0 = int(rng.integers(0, max(1, len(src.on[j]) - S + 1)))
         level = rng.uniform(*mix.level_db)
         gain = rng.uniform(*mix.gain)
-        if k not in wanted:
-            continue
+        if k in wanted:
+            drawn.append((k, i, f0, a0, own, j, b0, level, gain))
+    # recording conditions: one seed for the batch, drawn after its mixtures (which stay those of no ``aug``)
+    batch_seed = int(rng.integers(2**63)) if aug is not None and aug.active else None
+    videos, mixes, refs = [], [], []
+    for k, i, f0, a0, own, j, b0, level, gain in drawn:
         on = _window(src.on[i], a0, S)
         off = _window(src.off[i], a0, S) if own else _window(src.on[j], b0, S)
         off = off * (_rms(on) / _rms(off) * 10.0 ** (level / 20.0))
+        if batch_seed is not None:
+            on, off = augment(on, off, aug, clip.sample_rate, np.random.default_rng([batch_seed, k]))
         on, off = on * gain, off * gain
         peak = np.abs(on + off).max()
         if peak > 0.99:
             on, off = on * (0.99 / peak), off * (0.99 / peak)
-        idx = np.minimum(np.arange(f0, f0 + T), n_frames - 1)
+        idx = np.minimum(np.arange(f0, f0 + T), len(src.frames[i]) - 1)
         videos.append(normalize_video(src.frames[i][idx], clip))
         mixes.append((on + off).astype(np.float32))
         refs.append(np.stack([on, off]).astype(np.float32))
@@ -326,10 +410,11 @@ def train_separation(cfg: SeparationTrainConfig) -> dict[str, Any]:
     pit = bool(mcfg.audio_only or mcfg.assign)  # the separation loss is permutation-invariant
     clip = clip_spec_for(cfg.model, cfg.window_hop_s, stft=True)
     with run.main_first():
-        train_src = load_sources(cfg.data.train, clip, cfg.data, cfg.progress)
+        train_src = pooled_sources(cfg.data.train, clip, cfg.data, cfg.progress)
         val_src = load_sources(cfg.data.val, clip, cfg.data, cfg.progress)
     val_rng = np.random.default_rng(12345)
-    val = [make_batch(val_src, clip, cfg.mix, val_rng, 16) for _ in range(math.ceil(cfg.data.val_windows / 16))]
+    val = [make_batch(val_src, clip, cfg.mix, val_rng, 16, aug=cfg.aug)
+           for _ in range(math.ceil(cfg.data.val_windows / 16))]
 
     model = create_model(cfg.model).to(device)
     init_info = None
@@ -355,7 +440,7 @@ def train_separation(cfg: SeparationTrainConfig) -> dict[str, Any]:
     def one_step(_i: int) -> tuple[torch.Tensor, dict[str, float], int]:
         mine = run.shard(range(cfg.optim.batch_size))
         video, mixture, refs = (x.to(device) for x in make_batch(train_src, clip, cfg.mix, rng,
-                                                                 cfg.optim.batch_size, keep=mine))
+                                                                 cfg.optim.batch_size, keep=mine, aug=cfg.aug))
         loss, est = train_step(video, mixture, refs)
         with torch.no_grad():
             sdr = si_sdr(est[:, 0].float(), refs[:, 0]).mean().item()
