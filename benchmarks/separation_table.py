@@ -35,6 +35,21 @@ def evaluate(root: str, data: str, cache_dir: str) -> dict:
     return json.loads(buf.getvalue().strip().splitlines()[-1])
 
 
+def variant_table(results: dict[str, dict[str, dict]]) -> str:
+    """SI-SDRi on / off per variant (plain, same pitch, two faces) and the share of clips where both tracks beat
+    the mixture, one row per (model, data)."""
+    variants = sorted({v for per in results.values() for r in per.values() for v in r.get("by_variant", {})})
+    rows = ["| model | data | " + " | ".join(f"{v}: SI-SDRi on / off" for v in variants) + " | both beat the mix |",
+            "| --- | --- |" + " --- |" * (len(variants) + 1)]
+    for name, per_data in results.items():
+        for d, r in per_data.items():
+            cells = [f"{r['by_variant'][v]['si_sdri_on']:.2f} / {r['by_variant'][v]['si_sdri_off']:.2f}"
+                     if v in r.get("by_variant", {}) else "-" for v in variants]
+            share = r.get("beats_mix_both")
+            rows.append(f"| {name} | {d} | " + " | ".join(cells) + f" | {'-' if share is None else f'{share:.0%}'} |")
+    return "\n".join(rows)
+
+
 def table(results: dict[str, dict[str, dict]]) -> str:
     datas = list(next(iter(results.values())))
     head = "| model | " + " | ".join(f"{d}: SI-SDRi on / off | {d}: SDR on / off" for d in datas) + " |"
@@ -61,7 +76,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"models": models, "data": datas, "results": results}, indent=2))
-    md = table(results)
+    md = table(results) + "\n\n" + variant_table(results)
     out.with_suffix(".md").write_text(md + "\n")
     print(md)
 

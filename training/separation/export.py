@@ -23,15 +23,25 @@ def separation_export(ckpt: dict[str, Any], out_dir: Path) -> tuple[Path, dict[s
 
 
 def score_separation_candidate(path: Path, fields: dict[str, Any], eval_data: str, cache_dir: str):
+    """Score on ``eval_data``: one set, or several as ``SPEC|NAME=SPEC|...``: the first set's metrics are
+    unprefixed, each further set's carry its ``NAME_`` prefix (e.g. ``voices_si_sdri_on``)."""
     from training.data.datasets import read_records, resolve_data
     from training.separation.score import read_variants, score_separation
 
     model = candidate(path, fields)
-    root = resolve_data(eval_data, cache_dir)
-    result = score_separation(model, read_records(root), read_variants(root), progress=True)
-    metrics = {k: result[k] for k in ("si_sdri_on", "si_sdri_off", "sdr_on", "sdr_off")}
-    for variant, m in result.get("by_variant", {}).items():
-        metrics.update({f"{variant}_si_sdri_on": m["si_sdri_on"], f"{variant}_si_sdri_off": m["si_sdri_off"]})
+    metrics: dict[str, float] = {}
+    described = []
+    for n, part in enumerate(eval_data.split("|")):
+        name, spec = ("", part) if n == 0 else part.split("=", 1)
+        prefix = f"{name}_" if name else ""
+        root = resolve_data(spec, cache_dir)
+        result = score_separation(model, read_records(root), read_variants(root), progress=True)
+        metrics.update({prefix + k: result[k] for k in ("si_sdri_on", "si_sdri_off", "sdr_on", "sdr_off")})
+        for variant, m in result.get("by_variant", {}).items():
+            metrics.update({f"{prefix}{variant}_si_sdri_on": m["si_sdri_on"],
+                            f"{prefix}{variant}_si_sdri_off": m["si_sdri_off"]})
+        note = " (PIT model: each clip takes the better output order)" if result["pit_oracle"] else ""
+        label = f"{name}_*: " if name else ("" if "|" not in eval_data else "unprefixed: ")
+        described.append(f"{label}{spec} ({result['n']} clips, whole tracks by overlap-add{note})")
     log.info("scored on %s: %s", eval_data, metrics)
-    note = " (PIT model: each clip takes the better output order)" if result["pit_oracle"] else ""
-    return metrics, f"{eval_data} ({result['n']} clips, whole tracks by overlap-add{note})"
+    return metrics, "; ".join(described)

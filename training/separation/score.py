@@ -81,11 +81,10 @@ def score_separation(model: LoadedModel, records: Sequence[Record], variants: Se
         mix, on, off = separate_file(model, r.video)
         refs = np.stack([_fit(load_audio(r.on_screen, sr), len(mix)), _fit(load_audio(r.off_screen, sr), len(mix))])
         est = np.stack([on, off])
-        if pit:
-            straight = si_sdr_np(est[0], refs[0]) + si_sdr_np(est[1], refs[1])
-            swapped = si_sdr_np(est[1], refs[0]) + si_sdr_np(est[0], refs[1])
-            if swapped > straight:
-                est = est[::-1].copy()
+        straight = si_sdr_np(est[0], refs[0]) + si_sdr_np(est[1], refs[1])
+        swapped = si_sdr_np(est[1], refs[0]) + si_sdr_np(est[0], refs[1])
+        if pit and swapped > straight:
+            est = est[::-1].copy()
         # torch tensors: fast_bss_eval 0.1.4's numpy path trips over numpy 2's linalg.solve broadcasting; where
         # torch's exact solve refuses (a singular system, or deterministic mode), its conjugate-gradient solver
         try:
@@ -96,12 +95,17 @@ def score_separation(model: LoadedModel, records: Sequence[Record], variants: Se
         except RuntimeError:
             sdr, _, _ = fast_bss_eval.bss_eval_sources(refs.astype(np.float64), est.astype(np.float64),
                                                        compute_permutation=False, use_cg_iter=20)
+        imp_on = si_sdr_np(est[0], refs[0]) - si_sdr_np(mix, refs[0])
+        imp_off = si_sdr_np(est[1], refs[1]) - si_sdr_np(mix, refs[1])
         return {
-            "si_sdri_on": si_sdr_np(est[0], refs[0]) - si_sdr_np(mix, refs[0]),
-            "si_sdri_off": si_sdr_np(est[1], refs[1]) - si_sdr_np(mix, refs[1]),
+            "si_sdri_on": imp_on,
+            "si_sdri_off": imp_off,
             "sdr_on": float(sdr[0]),
             "sdr_off": float(sdr[1]),
             "si_sdr_mix_on": si_sdr_np(mix, refs[0]),
+            # the model's on/off order is the better one (PIT models: always, by construction)
+            "assign_acc": float(pit or straight >= swapped),
+            "beats_mix_both": float(imp_on > 0 and imp_off > 0),
         }
 
     with ThreadPoolExecutor(workers) as pool:
@@ -111,7 +115,7 @@ def score_separation(model: LoadedModel, records: Sequence[Record], variants: Se
 
             it = tqdm(it, total=len(records), desc="separate", unit="clip")
         rows = list(it)
-    keys = ["si_sdri_on", "si_sdri_off", "sdr_on", "sdr_off", "si_sdr_mix_on"]
+    keys = ["si_sdri_on", "si_sdri_off", "sdr_on", "sdr_off", "si_sdr_mix_on", "assign_acc", "beats_mix_both"]
     result: dict = {k: float(np.mean([r[k] for r in rows])) for k in keys}
     result["n"] = len(rows)
     result["pit_oracle"] = pit
@@ -119,7 +123,7 @@ def score_separation(model: LoadedModel, records: Sequence[Record], variants: Se
         by: dict[str, dict[str, float]] = {}
         for name in sorted(set(variants)):
             sel = [r for r, v in zip(rows, variants, strict=True) if v == name]
-            by[name] = {"n": len(sel), **{k: float(np.mean([r[k] for r in sel])) for k in keys[:4]}}
+            by[name] = {"n": len(sel), **{k: float(np.mean([r[k] for r in sel])) for k in keys if k != "si_sdr_mix_on"}}
         result["by_variant"] = by
     return result
 

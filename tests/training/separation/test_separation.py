@@ -246,3 +246,26 @@ def _records(root):
     from training.data.datasets import read_records
 
     return read_records(root)
+
+
+def test_scores_per_clip_shares_and_several_named_sets(exported, tmp_path) -> None:
+    """The scorer reports the on/off order's accuracy and the share of clips that beat the mixture on both tracks;
+    the publish-time scorer takes several sets (``SPEC|NAME=SPEC``), the later ones' metrics prefixed."""
+    from training.separation.export import score_separation_candidate
+    from training.separation.score import read_variants, score_separation
+
+    store, _ = exported
+    loaded = load_model(store, "separation", providers=("CPUExecutionProvider",))
+    root = tmp_path / "speech"
+    write_speech_dataset(root, n=3, seed=4, config=SpeechConfig(width=64, height=64, fps=16.0, duration_s=2.0))
+    result = score_separation(loaded, _records(root), read_variants(root), workers=1)
+    for key in ("assign_acc", "beats_mix_both"):
+        assert result[key] in {0.0, 1 / 3, 2 / 3, 1.0}
+        assert all(key in v for v in result["by_variant"].values())
+    manifest, path = store.load("separation")
+    fields = manifest.model_dump(exclude={"version", "sha256"})
+    metrics, described = score_separation_candidate(path, fields, f"{root}|again={root}", "unused")
+    assert metrics["si_sdri_on"] == pytest.approx(result["si_sdri_on"])
+    assert metrics["again_si_sdri_on"] == pytest.approx(metrics["si_sdri_on"])
+    assert metrics["again_plain_si_sdri_off"] == pytest.approx(metrics["plain_si_sdri_off"])
+    assert described.count("3 clips") == 2 and "again_*" in described
