@@ -38,6 +38,7 @@ class Record:
     off_screen: Path | None = None
     boxes: list[list[float]] | None = None
     split: str | None = None
+    speaker: str | None = None
 
 
 @dataclass
@@ -137,7 +138,8 @@ def _manifest_records(spec: str | Path) -> list[Record]:
         records.append(Record(video=table.path(i), label=labels[0] if labels else None,
                               start_s=float(lo) if np.isfinite(lo) else None,
                               end_s=float(hi) if np.isfinite(hi) else None,
-                              split=table.splits[table.split_ids[i]] or None))
+                              split=table.splits[table.split_ids[i]] or None,
+                              speaker=table.speakers[table.speaker_ids[i]] or None))
     return records
 
 

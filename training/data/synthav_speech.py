@@ -195,8 +195,6 @@ def _load_cached(path: Path, sr: int, cache: dict[Path, np.ndarray] | None) -> n
     if cache is not None and path in cache:
         return cache[path]
     x = load_audio(path, sr)
-    if len(x) == 0:
-        raise ValueError(f"{path}: no audio samples")
     if cache is not None:
         cache[path] = x
     return x
@@ -206,9 +204,14 @@ def real_voice(rng: np.random.Generator, files: Sequence[Path], sr: int, n: int,
                cache: dict[Path, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A random ``n``-sample segment of one speaker's recordings: random files joined with 0.1-0.5 s pauses
     until long enough (short prompts are not looped), then a random crop. Returns (voice, envelope)."""
-    parts, total = [], 0
+    parts, total, empty = [], 0, 0
     while total < n:
         x = _load_cached(files[int(rng.integers(len(files)))], sr, cache)
+        if len(x) == 0:  # an empty recording (they exist in real packages): draw another
+            empty += 1
+            if empty > 100 + 10 * len(files):
+                raise ValueError(f"{files[0].parent}: no audio samples in its recordings")
+            continue
         if parts:
             gap = np.zeros(int(rng.uniform(0.1, 0.5) * sr), np.float32)
             parts.append(gap)

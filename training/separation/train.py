@@ -5,6 +5,11 @@ an off-screen voice, which is with probability ``mix.own_off`` the clip's own re
 the ``same_pitch`` and ``two_faces`` variants' hard cases are seen) and otherwise another clip's on-screen
 voice, at a random relative level in ``mix.level_db``. Validation uses fixed mixtures (a fixed seed).
 
+Real talking-head collections (``prepare``'s manifests of ``<speaker>/<video>/<clip>.mp4``) have no clean
+tracks: there a clip's own soundtrack is its on-screen voice and the off-screen voice is always another
+*speaker's* clip (mix-and-separate); give ``data.train`` and ``data.val`` the manifest's two splits
+(``MANIFEST.csv#train``, ``MANIFEST.csv#val``), which ``prepare --val-fraction`` makes speaker-disjoint.
+
 Loss (``loss.*``): the paper's L1 on log-magnitude spectrograms of both outputs (our outputs are masks on the
 mixture's STFT, so the "phase term" is the mixture's phase, kept) plus ``loss.sisdr`` times the negative
 SI-SDR of both waveforms (dB). ``audio_only`` models are trained permutation-invariantly (PIT): the cheaper
@@ -20,9 +25,11 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -187,36 +194,58 @@ class SourceSet:
 
     frames: list[np.ndarray]  # each (N, H, W, 3) uint8
     on: list[np.ndarray]  # each (S,) float32
-    off: list[np.ndarray]
+    off: list[np.ndarray | None]  # None: no clean off-screen track (a talking head's clip: its audio is ``on``)
+    speakers: list[str] | None = None  # who speaks in each clip, where known: off-screen voices come from others
+
+    def other_speaker(self, i: int, j: int) -> bool:
+        return self.speakers is None or self.speakers[i] != self.speakers[j]
 
 
 def load_sources(spec_str: str, clip: ClipSpec, data: SepDataConfig, progress: bool = False) -> SourceSet:
-    """Decode (once; cached as .npz beside the dataset) frames and the clean on/off tracks."""
+    """Decode (once; cached as .npz beside the dataset, or in ``data.cache_dir`` for a manifest) frames and the
+    clean on/off tracks; a set without clean tracks (talking heads) keeps each clip's own audio as ``on``."""
     from training.data.synthav_speech import load_audio
 
     root = resolve_data(spec_str, data.cache_dir)
     key = f"sep-{clip.fps:g}fps-{clip.frames}f-{clip.width}px-{clip.sample_rate}hz"
-    cache = root / f"{key}.npz"
+    if Path(root).is_dir():
+        cache = Path(root) / f"{key}.npz"
+    else:  # a manifest (maybe with #split): its own file in the cache folder
+        cache = Path(data.cache_dir) / f"{re.sub(r'[^A-Za-z0-9]+', '_', str(spec_str)).strip('_')}-{key}.npz"
     if cache.is_file():
         z = np.load(cache, allow_pickle=False)
         n = int(z["n"])
+        speakers = [str(v) for v in z["speakers"]] if "speakers" in z else None
         return SourceSet([z[f"f{i}"] for i in range(n)], [z[f"on{i}"] for i in range(n)],
-                         [z[f"off{i}"] for i in range(n)])
+                         [z[f"off{i}"] if f"off{i}" in z else None for i in range(n)], speakers)
     records = read_records(root)
-    if any(r.on_screen is None or r.off_screen is None for r in records):
-        raise ValueError(f"{root}: separation needs on_screen and off_screen tracks in index.csv")
+    clean = [r.on_screen is not None and r.off_screen is not None for r in records]
+    if any(clean) and not all(clean):
+        raise ValueError(f"{root}: some clips have clean on/off-screen tracks and some do not")
     clips = load_clips([dataclasses.replace(r, label=None) for r in records], clip, [], workers=data.workers,
                        progress=progress)
     frames = [c.frames for c in clips]
-    on = [load_audio(r.on_screen, clip.sample_rate) for r in records]
-    off = [load_audio(r.off_screen, clip.sample_rate) for r in records]
+    speakers = None
+    if all(clean):
+        on = [load_audio(r.on_screen, clip.sample_rate) for r in records]
+        off: list[np.ndarray | None] = [load_audio(r.off_screen, clip.sample_rate) for r in records]
+    else:  # mix-and-separate: the clip's own audio is on screen; another speaker's clip will be off screen
+        on, off = [c.audio for c in clips], [None] * len(clips)
+        speakers = [r.speaker or str(Path(r.video).parent) for r in records]
+        if len(set(speakers)) < 2:
+            raise ValueError(f"{spec_str}: mix-and-separate needs clips of at least two speakers")
     arrays = {"n": np.array(len(records))}
+    if speakers is not None:
+        arrays["speakers"] = np.array(speakers)
     for i in range(len(records)):
-        arrays[f"f{i}"], arrays[f"on{i}"], arrays[f"off{i}"] = frames[i], on[i], off[i]
+        arrays[f"f{i}"], arrays[f"on{i}"] = frames[i], on[i]
+        if off[i] is not None:
+            arrays[f"off{i}"] = off[i]
+    cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.partial.npz")
     np.savez(tmp, **arrays)
     tmp.rename(cache)
-    return SourceSet(frames, on, off)
+    return SourceSet(frames, on, off, speakers)
 
 
 def pooled_sources(specs: str | Sequence[str], clip: ClipSpec, data: SepDataConfig, progress: bool = False
@@ -225,8 +254,12 @@ def pooled_sources(specs: str | Sequence[str], clip: ClipSpec, data: SepDataConf
     if isinstance(specs, str):
         return load_sources(specs, clip, data, progress)
     sets = [load_sources(s, clip, data, progress) for s in specs]
+    speakers = None
+    if any(s.speakers is not None for s in sets):  # a set without speakers: each clip its own
+        speakers = [f"{k}/{who}" for k, s in enumerate(sets)
+                    for who in (s.speakers or [f"clip{i}" for i in range(len(s.on))])]
     return SourceSet([f for s in sets for f in s.frames], [x for s in sets for x in s.on],
-                     [x for s in sets for x in s.off])
+                     [x for s in sets for x in s.off], speakers)
 
 
 def _rms(x: np.ndarray) -> float:
@@ -290,11 +323,13 @@ def make_batch(src: SourceSet, clip: ClipSpec, mix: MixConfig, rng: np.random.Ge
         n_frames = len(src.frames[i])
         f0 = int(rng.integers(0, max(1, n_frames - T + 1)))
         a0 = int(round(f0 / clip.fps * clip.sample_rate))
-        own = rng.uniform() < mix.own_off
+        own = rng.uniform() < mix.own_off and src.off[i] is not None
         j = b0 = 0
         if not own:
             j = int(rng.integers(n_clips - 1))
             j += j >= i
+            while not src.other_speaker(i, j):  # (only talking heads: another speaker's voice)
+                j = int(rng.integers(n_clips))
             b0 = int(rng.integers(0, max(1, len(src.on[j]) - S + 1)))
         level = rng.uniform(*mix.level_db)
         gain = rng.uniform(*mix.gain)

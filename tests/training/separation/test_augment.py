@@ -66,3 +66,26 @@ def test_batches_with_and_without_conditions_draw_the_same_mixtures_and_stay_sum
     # a rank's share of the batch is exactly those items of the whole batch
     _, m2, r2 = make_batch(src, clip, MixConfig(), np.random.default_rng(7), 6, keep=[1, 4], aug=aug)
     np.testing.assert_array_equal(r2.numpy(), r1.numpy()[[1, 4]])
+
+
+def test_talking_heads_take_the_off_screen_voice_from_another_speaker() -> None:
+    """Mix-and-separate: without clean tracks a clip's own audio is on screen and the other voice always comes
+    from a clip of another speaker."""
+    clip = clip_spec_for("separation_tiny", 0.5, stft=True)
+    n = 2 * clip.audio_samples
+    t = np.arange(n) / SR
+    freqs = [200.0, 400.0, 600.0, 800.0, 1000.0, 1200.0]  # each clip's audio is a tone that names it
+    speakers = ["a", "a", "a", "b", "b", "c"]
+    frames = [np.zeros((2 * clip.frames, 40, 40, 3), np.uint8) for _ in freqs]
+    src = SourceSet(frames, [(0.1 * np.sin(2 * np.pi * f * t)).astype(np.float32) for f in freqs], [None] * 6,
+                    speakers)
+    _, mix, refs = make_batch(src, clip, MixConfig(own_off=0.9), np.random.default_rng(0), 64)
+
+    def clip_of(x: np.ndarray) -> int:
+        f = np.fft.rfftfreq(len(x), 1 / SR)[int(np.argmax(np.abs(np.fft.rfft(x))))]
+        return int(np.argmin(np.abs(np.array(freqs) - f)))
+
+    pairs = [(clip_of(r[0]), clip_of(r[1])) for r in refs.numpy()]
+    assert all(speakers[i] != speakers[j] for i, j in pairs)  # own_off=0.9 asked for, but there is no own track
+    assert {speakers[i] for i, _ in pairs} == {"a", "b", "c"}
+    np.testing.assert_allclose(mix.numpy(), refs.numpy().sum(1), atol=1e-6)
