@@ -176,7 +176,7 @@ def _av_entries(source: Path) -> list[Entry]:
         records = read_records(source)
     except (KeyError, ValueError) as exc:
         raise LayoutError(f"{source}: not an AV dataset index ({exc})") from exc
-    return [Entry(r.video, [r.label] if r.label else [], split=r.split or "", start_s=r.start_s, end_s=r.end_s,
+    return [Entry(r.video, list(r.labels), split=r.split or "", start_s=r.start_s, end_s=r.end_s,
                   source=str(r.video)) for r in records]
 
 
