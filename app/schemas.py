@@ -34,7 +34,8 @@ class ModelRef(BaseModel):
 
 class LabelScore(BaseModel):
     label: str
-    score: float = Field(ge=0, le=1, description="softmax probability")
+    score: float = Field(ge=0, le=1, description="softmax probability; a multi-label model's: the class's own sigmoid "
+                                                 "score (scores need not sum to 1)")
 
 
 class ActionSegment(BaseModel):
@@ -95,6 +96,8 @@ class ModelInfo(BaseModel):
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     labels: list[str]
+    multi_label: bool = Field(default=False, description="action: scores are per-class sigmoids (a clip may carry "
+                                                         "several labels), not one softmax")
     clip: ClipSpec
     heatmap: HeatmapSpec | None = Field(default=None, description="avsync: how the CAM is read as heatmaps")
     metrics: dict[str, float]
@@ -104,8 +107,8 @@ class ModelInfo(BaseModel):
     def of(cls, model: LoadedModel) -> ModelInfo:
         m = model.manifest
         return cls(task=m.task, name=m.name, version=m.version, created=m.created, providers=model.providers,
-                   opset=m.opset, inputs=m.inputs, outputs=m.outputs, labels=m.labels, clip=m.clip, heatmap=m.heatmap,
-                   metrics=m.metrics, metrics_data=m.metrics_data)
+                   opset=m.opset, inputs=m.inputs, outputs=m.outputs, labels=m.labels, multi_label=m.multi_label,
+                   clip=m.clip, heatmap=m.heatmap, metrics=m.metrics, metrics_data=m.metrics_data)
 
 
 class ModelList(BaseModel):

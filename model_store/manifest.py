@@ -98,6 +98,8 @@ class Manifest(_Strict):
     outputs: list[TensorSpec]
     clip: ClipSpec
     labels: list[str] = Field(default_factory=list)
+    multi_label: bool = Field(default=False, description="action: a clip may carry several labels; the logits are "
+                              "read as per-class sigmoid scores instead of one softmax")
     heatmap: HeatmapSpec | None = Field(default=None, description="avsync: how the CAM is read (None: as it is)")
     metrics: dict[str, float] = Field(default_factory=dict)
     metrics_data: str = Field(default="", description="what the metrics were measured on")
@@ -108,6 +110,8 @@ class Manifest(_Strict):
     def _labels_for_action(self) -> Manifest:
         if self.task == "action" and not self.labels:
             raise ValueError("an action manifest needs its labels")
+        if self.multi_label and self.task != "action":
+            raise ValueError(f"multi_label is an action model's setting, not a {self.task} model's")
         if self.heatmap is not None and (self.clip.height % self.heatmap.pool or self.clip.width % self.heatmap.pool):
             raise ValueError(f"heatmap pool {self.heatmap.pool} must divide the frame size "
                              f"{self.clip.height} x {self.clip.width}")

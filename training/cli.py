@@ -136,7 +136,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     version = int(args.version) if args.version and args.version.isdigit() else args.version
     model = load_model(store, args.task, version)
     records = read_records(resolve_data(args.data, args.cache_dir))
-    clips = decode_eval_set(records, model.manifest.clip, model.manifest.labels, progress=not args.quiet)
+    clips = decode_eval_set(records, model.manifest.clip, model.manifest.labels, progress=not args.quiet,
+                            multi_label=model.manifest.multi_label)
     result = {"task": args.task, "version": model.manifest.version, "data": args.data,
               **score_action(model, clips, zero=args.zero)}
     if args.zero:

@@ -64,7 +64,7 @@ async def recognize_actions(
 
 def action_response(manifest: Manifest, windows: Windows, logits: np.ndarray, top_k: int) -> ActionResponse:
     """The answer from the windows' logits (also a part of ``/v1/analyze``)."""
-    actions = read_actions(logits, windows, manifest.clip)
+    actions = read_actions(logits, windows, manifest.clip, multi_label=manifest.multi_label)
     labels = manifest.labels
     segments = [ActionSegment(start_s=start, end_s=end, top_k=top_labels(p, labels, top_k))
                 for (start, end), p in zip(actions.spans, actions.window_probs, strict=True)]

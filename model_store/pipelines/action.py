@@ -1,6 +1,9 @@
-"""The action pipeline: windows -> ``video``/``audio`` feeds; logits -> window softmax, the clip's probabilities
-(the mean of its windows' probabilities) and one segment per window. ``/v1/actions`` serves these and
-``evaluate action`` scores them."""
+"""The action pipeline: windows -> ``video``/``audio`` feeds; logits -> window scores, the clip's scores (the mean
+of its windows' scores) and one segment per window. ``/v1/actions`` serves these and ``evaluate action`` scores them.
+
+A window's scores are a softmax over the classes (one label per clip), or, for a multi-label model (the manifest's
+``multi_label``, e.g. trained on AudioSet), each class's own sigmoid: independent scores in [0, 1] that need not sum
+to 1."""
 
 from __future__ import annotations
 
@@ -38,6 +41,21 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Element-wise logistic function in float64, without overflow for large logits. Shape: (W, K) -> (W, K)."""
+    z = logits.astype(np.float64)
+    e = np.exp(-np.abs(z))  # in (0, 1]
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def window_scores(logits: np.ndarray, multi_label: bool = False) -> np.ndarray:
+    """Each window's class scores: softmax (one label per clip) or per-class sigmoid (``multi_label``).
+
+    Shape: (W, K) -> (W, K) float64
+    """
+    return sigmoid(logits) if multi_label else softmax(logits)
+
+
 def clip_probabilities(window_probs: np.ndarray) -> np.ndarray:
     """A video's class probabilities: the mean of its windows' probabilities. Shape: (W, K) -> (K,)."""
     return window_probs.mean(axis=0)
@@ -65,13 +83,14 @@ def segment_spans(starts_s: np.ndarray, window_s: float, duration_s: float) -> l
 class Actions:
     """What a video's logits say: per window, for the whole video, and where each window's segment lies."""
 
-    window_probs: np.ndarray  # (W, K) float64, rows sum to 1
+    window_probs: np.ndarray  # (W, K) float64: softmax rows that sum to 1, or per-class sigmoids (multi-label)
     probs: np.ndarray  # (K,) float64, the mean of window_probs
     spans: list[tuple[float, float]]  # W (start_s, end_s)
 
 
-def read_actions(logits: np.ndarray, windows: Windows, clip: ClipSpec) -> Actions:
-    """A video's answer from its windows' logits. Shape: logits (W, K) -> Actions."""
-    window_probs = softmax(logits)
+def read_actions(logits: np.ndarray, windows: Windows, clip: ClipSpec, multi_label: bool = False) -> Actions:
+    """A video's answer from its windows' logits, read as the model's manifest says (``multi_label``: per-class
+    sigmoids, else a softmax). Shape: logits (W, K) -> Actions."""
+    window_probs = window_scores(logits, multi_label)
     return Actions(window_probs, clip_probabilities(window_probs),
                    segment_spans(windows.starts_s, clip.window_s, windows.duration_s))

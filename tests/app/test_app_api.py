@@ -6,9 +6,14 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from service_fixtures import LABELS, publish_tiny_store, test_settings
+from service_fixtures import LABELS, action_manifest_fields, build_tiny_action_onnx, publish_tiny_store, test_settings
 
 from app.main import create_app
+from model_store.media import load_windows
+from model_store.pipelines import run_windows
+from model_store.pipelines.action import action_feeds, read_actions
+from model_store.registry import ModelStore
+from model_store.runtime import load_model
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -58,6 +63,7 @@ def test_models(client: TestClient) -> None:
     assert info["clip"]["fps"] == 8 and info["clip"]["audio_samples"] == 16000
     assert info["metrics"] == {"accuracy": 0.125} and info["metrics_data"].startswith("none")
     assert [i["name"] for i in info["inputs"]] == ["video", "audio"] and info["created"]
+    assert info["multi_label"] is False  # softmax scores
     assert client.get("/v1/models/action").json() == info
     body = assert_problem(client.get("/v1/models/separation"), 404)
     assert "separation" in body["detail"]
@@ -87,6 +93,28 @@ def test_actions(client: TestClient, media_dir: Path) -> None:
     full = post_video(client, media_dir / "av.mp4", {"top_k": len(LABELS)}).json()
     assert sum(item["score"] for item in full["top_k"]) == pytest.approx(1.0, abs=1e-6)
     assert [i["label"] for i in full["top_k"][:3]] == [i["label"] for i in body["top_k"]]
+
+
+def test_actions_of_a_multi_label_model_are_per_class_sigmoids(tmp_path: Path, media_dir: Path) -> None:
+    """A model published with ``multi_label`` (trained on AudioSet-style data) answers each label's own sigmoid
+    score, through the same pipeline the scorer uses; the route itself is unchanged."""
+    root = tmp_path / "models"
+    ModelStore(root).publish(build_tiny_action_onnx(tmp_path / "tiny.onnx"),
+                             {**action_manifest_fields(), "multi_label": True})
+    with TestClient(create_app(test_settings(root))) as c:
+        assert c.get("/v1/models/action").json()["multi_label"] is True
+        r = post_video(c, media_dir / "av.mp4", {"top_k": len(LABELS)})
+    assert r.status_code == 200, r.text
+    scores = {item["label"]: item["score"] for item in r.json()["top_k"]}
+    model = load_model(ModelStore(root), "action")
+    clip = model.manifest.clip
+    windows = load_windows(media_dir / "av.mp4", clip)
+    (out,) = run_windows(model.run, lambda w: action_feeds(w, clip), [windows])
+    expected = read_actions(out["logits"], windows, clip, multi_label=True).probs
+    assert [scores[label] for label in LABELS] == pytest.approx(expected.tolist(), abs=1e-6)
+    assert abs(sum(scores.values()) - 1.0) > 0.05 and all(0 <= v <= 1 for v in scores.values())
+    assert list(scores.values()) == sorted(scores.values(), reverse=True)
+    assert abs(sum(item["score"] for item in r.json()["segments"][0]["top_k"]) - 1.0) > 0.05  # per window too
 
 
 def test_actions_video_without_audio(client: TestClient, media_dir: Path) -> None:

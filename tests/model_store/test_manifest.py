@@ -108,3 +108,12 @@ def test_manifest_heatmap_reading_is_optional_and_its_pool_must_divide_the_frame
         Manifest.model_validate({**fields, "heatmap": {**spec, "pool": 3}, "version": 1, "sha256": SHA})
     with pytest.raises(ValidationError):
         Manifest.model_validate({**fields, "heatmap": {**spec, "refine": "crf"}, "version": 1, "sha256": SHA})
+
+
+def test_manifest_multi_label_is_an_action_setting_that_old_manifests_lack(manifest_fields):
+    old = json.loads(_manifest(manifest_fields).model_dump_json())
+    del old["multi_label"]  # a manifest written before the field existed
+    assert Manifest.model_validate(old).multi_label is False
+    assert _manifest(manifest_fields, multi_label=True).multi_label is True
+    with pytest.raises(ValidationError, match="multi_label is an action model's setting"):
+        _manifest(lambda: manifest_fields(task="separation"), multi_label=True)

@@ -18,6 +18,7 @@ from model_store.pipelines.action import (
     clip_probabilities,
     read_actions,
     segment_spans,
+    sigmoid,
     softmax,
     top_classes,
 )
@@ -126,6 +127,20 @@ def test_read_actions_is_softmax_mean_and_one_segment_per_window(spec: ClipSpec)
     np.testing.assert_allclose(actions.window_probs, softmax(logits))
     np.testing.assert_allclose(actions.probs, actions.window_probs.mean(axis=0))
     assert [s for s, _ in actions.spans] == windows.starts_s.tolist() and actions.spans[-1][1] == 2.5
+
+
+def test_read_actions_of_a_multi_label_model_is_per_class_sigmoids(spec: ClipSpec) -> None:
+    windows = make_windows(spec, 2.5)
+    logits = np.random.default_rng(3).standard_normal((len(windows), 4)).astype(np.float32) * 3
+    logits[0, 0], logits[0, 1] = 1000.0, -1000.0  # no overflow either way
+    actions = read_actions(logits, windows, spec, multi_label=True)
+    np.testing.assert_allclose(actions.window_probs, 1 / (1 + np.exp(-logits.astype(np.float64))), atol=1e-12)
+    assert actions.window_probs[0, 0] == 1.0 and actions.window_probs[0, 1] == 0.0
+    assert np.isfinite(actions.window_probs).all() and not np.allclose(actions.window_probs.sum(axis=1), 1.0)
+    np.testing.assert_allclose(actions.probs, actions.window_probs.mean(axis=0))
+    np.testing.assert_array_equal(top_classes(actions.probs, 4), np.argsort(-actions.probs, kind="stable"))
+    assert actions.spans == read_actions(logits, windows, spec).spans  # segments as a single-label model's
+    np.testing.assert_allclose(sigmoid(np.array([-2.0, 0.0, 2.0])), [0.11920292, 0.5, 0.88079708], atol=1e-8)
 
 
 def test_action_feeds_normalise_filter_and_zero(spec: ClipSpec) -> None:

@@ -155,3 +155,55 @@ def build_talking_heads(root: Path, speech_ds: Path, speakers: int = 4) -> tuple
         str(silent(srcs[0], root / "id00001" / "vid09" / "00001.mp4")): "no_audio",
     }
     return root, reasons
+
+
+AUDIOSET_HEADER = ("# Segments csv created Sun Mar  5 10:54:31 2017\n"
+                   "# num_ytids={n}, num_segs={n}, num_unique_labels=9, num_positive_labels={p}\n"
+                   "# YTID, start_seconds, end_seconds, positive_labels\n")
+
+
+def audioset_ids(synth_label: str) -> list[str]:
+    """A SynthAV class as AudioSet-style label ids: what is seen and what is heard (``ball_click`` -> the object
+    ``/m/ball`` and the sound ``/m/click``), so that classes share labels and a clip carries two."""
+    thing, sound = synth_label.split("_")
+    return [f"/m/{thing}", f"/m/{sound}"]
+
+
+def build_audioset(root: Path, action_ds: Path) -> tuple[Path, Path, dict[str, str]]:
+    """``root/balanced_train_segments.csv`` (SynthAV clips 0-11) and ``root/eval_segments.csv`` (clips 8-15) as
+    AudioSet ships them (comment lines, ``YTID, start_seconds, end_seconds, "id,id"``), the files
+    ``root/videos/<YTID>_<start_ms>.mp4``, and ``root/class_labels_indices.csv`` naming every id but ``/m/voice``.
+    The training CSV also lists a corrupt, a silent and a missing file."""
+    videos = synth_videos(action_ds)
+    ids = sorted({i for _, label in videos for i in audioset_ids(label)})
+    with (root / "class_labels_indices.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["index", "mid", "display_name"])
+        w.writerows([k, mid, mid[3:].capitalize() + (", loud" if mid == "/m/buzz" else "")]
+                    for k, mid in enumerate(ids) if mid != "/m/voice")
+
+    def write(name: str, rows: list[tuple[str, float, list[str]]]) -> Path:
+        path = root / name
+        lines = [f'{ytid}, {start:.3f}, {start + 10:.3f}, "{",".join(labels)}"\n' for ytid, start, labels in rows]
+        path.write_text(AUDIOSET_HEADER.format(n=len(rows), p=sum(len(r[2]) for r in rows)) + "".join(lines))
+        return path
+
+    def clip_rows(indices: range, prefix: str) -> list[tuple[str, float, list[str]]]:
+        rows = []
+        for k in indices:
+            src, label = videos[k]
+            ytid, start = f"-{prefix}{k:02d}_x", 2.5 * (k % 3)  # ids hold - and _, as YouTube's do
+            copy(src, root / "videos" / f"{ytid}_{int(start * 1000)}.mp4")
+            rows.append((ytid, start, audioset_ids(label)))
+        return rows
+
+    train = clip_rows(range(12), "tr")
+    src = videos[0][0]
+    reasons = {
+        str(corrupt_random(root / "videos" / "badbytes_0.mp4")): "undecodable",
+        str(silent(src, root / "videos" / "nosound_0.mp4")): "no_audio",
+        str(root / "videos" / "gone_0.mp4"): "missing",
+    }
+    train += [(Path(p).stem.rsplit("_", 1)[0], 0.0, ["/m/ball"]) for p in reasons]
+    return write("balanced_train_segments.csv", train), write("eval_segments.csv", clip_rows(range(8, 16), "ev")), \
+        reasons

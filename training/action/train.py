@@ -4,23 +4,34 @@
 ``python -m training prepare`` (``MANIFEST.csv``, its ``train`` split; ``MANIFEST.csv#SPLIT`` for another), streamed:
 each window is sought and decoded in DataLoader workers (:mod:`training.data.streaming`). ``data.val`` likewise
 (a manifest's ``val``/``test`` split by default).
+
+**Multi-label** (a manifest where some clip carries several labels, e.g. AudioSet's; ``multi_label=true`` forces it,
+``false`` refuses such a manifest): targets are multi-hot vectors over the run's labels, the loss is each class's
+own sigmoid (``BCEWithLogitsLoss``, no label smoothing), validation scores each clip by the mean of its windows'
+sigmoids (as the service does) and reports mAP (:mod:`training.action.metrics`), on which ``best.pt`` is chosen.
+Labels of validation clips that the run's labels lack are dropped (counted in the log). Single-label runs are
+unchanged: softmax cross-entropy, accuracy and top-5.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from model_store.manifest import ClipSpec
-from training.data.collection import ClipTable, is_manifest, read_manifest
+from training.action.metrics import mean_average_precision
+from training.data.collection import ClipTable, ManifestError, MultiHot, is_manifest, read_manifest
 from training.data.datasets import ClipData, Record, WindowDataset, load_clips, read_records, resolve_data
 from training.data.streaming import (
     ClipWindows,
@@ -71,6 +82,8 @@ class ActionTrainConfig(RunOptions):
     out: str = "runs/action"
     # a pretrained avsync (pretext) checkpoint whose network initialises the model's backbone ('' for none)
     init_checkpoint: str = ""
+    # per-class sigmoids on multi-hot targets, scored by mAP; None (auto): when the training manifest is multi-label
+    multi_label: bool | None = None
 
 
 def zero_modalities(video: torch.Tensor, audio: torch.Tensor, p: float, gen: torch.Generator) -> None:
@@ -125,6 +138,50 @@ def evaluate(model, loader, criterion, device, zero: str | None = None,
         "top5": (top5 == y[:, None]).any(1).float().mean().item(),
         "n": len(y),
     }
+
+
+@torch.inference_mode()
+def evaluate_multi_label(model, loader, criterion, device, classes: int, zero: str | None = None,
+                         spec: ClipSpec | None = None,
+                         gather: Callable[[Any], list[Any]] | None = None) -> dict[str, float]:
+    """Multi-label validation: each clip's scores are the mean of its windows' sigmoids, as the service computes
+    them; mAP over the classes with a positive among the clips (``map_classes``). Targets are multi-hot ``(B, K)``
+    (an int label, from a single-label set, is one-hot). ``gather`` (``Run.gather``) pools every rank's clips first,
+    so that each rank returns the mAP of the whole set. Batches as :func:`evaluate`'s."""
+    model.eval()
+    scores: dict[int, list[torch.Tensor]] = {}
+    targets: dict[int, torch.Tensor] = {}
+    loss_sum, n = 0.0, 0
+    for batch in loader:
+        video, audio, target, ci = batch[:4]
+        if video.dtype == torch.uint8:
+            video = normalize_frames(video.to(device, non_blocking=True), spec)
+        if len(target) == 0:
+            continue
+        if target.dim() == 1:
+            target = nn.functional.one_hot(target, classes).float()
+        if zero == "video":
+            video = torch.zeros_like(video)
+        elif zero == "audio":
+            audio = torch.zeros_like(audio)
+        loss, logits = step(model, (video, audio, target), criterion, device)
+        loss_sum += loss.item() * len(target)
+        n += len(target)
+        for p, c, y in zip(logits.float().sigmoid().cpu(), ci.tolist(), target.cpu(), strict=True):
+            scores.setdefault(c, []).append(p)
+            targets[c] = y
+    keys = sorted(scores)
+    clip_scores = torch.stack([torch.stack(scores[c]).mean(0) for c in keys]) if keys else torch.zeros(0, classes)
+    clip_targets = torch.stack([targets[c] for c in keys]) if keys else torch.zeros(0, classes)
+    mine = (clip_scores.numpy(), clip_targets.numpy(), loss_sum, n)
+    parts = gather(mine) if gather is not None else [mine]
+    clip_scores, clip_targets = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    windows = sum(p[3] for p in parts)
+    if len(clip_scores) == 0:
+        return {"loss": 0.0, "mAP": 0.0, "map_classes": 0, "n": 0}
+    m_ap, scored = mean_average_precision(clip_scores, clip_targets)
+    return {"loss": sum(p[2] for p in parts) / max(windows, 1), "mAP": m_ap, "map_classes": scored,
+            "n": len(clip_scores)}
 
 
 def load_split(spec: str, clip: ClipSpec, labels: list[str], data: DataConfig, progress: bool,
@@ -182,18 +239,24 @@ def train_action(cfg: ActionTrainConfig, init_state: dict[str, torch.Tensor] | N
 
     clip = clip_spec_for(cfg.model)
     streaming = is_manifest(cfg.data.train)
+    multi_label = bool(cfg.multi_label)
     with run.main_first():
         if streaming:
             train_table = read_manifest(cfg.data.train)
+            multi_label = train_table.multi_label if cfg.multi_label is None else cfg.multi_label
+            if train_table.multi_label and not multi_label:
+                raise ManifestError(f"{cfg.data.train} is multi-label (a clip carries several labels) and "
+                                    "multi_label=false; leave multi_label unset to train per-class sigmoids")
             labels = resolve_labels(cfg.labels, set(train_table.labels))
-            train_set = StreamingWindows(train_table, clip, train_table.label_index(labels), seed=cfg.seed,
+            targets = train_targets(train_table, labels) if multi_label else train_table.label_index(labels)
+            train_set = StreamingWindows(train_table, clip, targets, seed=cfg.seed,
                                          options=cfg.stream, cache=find_cache(train_table, clip, cfg.stream))
         else:
             records = read_records(resolve_data(cfg.data.train, cfg.data.cache_dir))
             labels = resolve_labels(cfg.labels, {r.label for r in records if r.label is not None})
             train_set = WindowDataset(load_split(cfg.data.train, clip, labels, cfg.data, cfg.progress, records),
                                       clip, train=True, seed=cfg.seed)
-        val_loader = make_val_loader(cfg, clip, labels, run.rank, run.world_size)
+        val_loader = make_val_loader(cfg, clip, labels, run.rank, run.world_size, multi_label)
     if cfg.optim.batch_size % run.world_size:
         raise ValueError(f"optim.batch_size={cfg.optim.batch_size} does not split over {run.world_size} processes")
     per_epoch = len(train_set) // cfg.optim.batch_size
@@ -210,7 +273,13 @@ def train_action(cfg: ActionTrainConfig, init_state: dict[str, torch.Tensor] | N
     steps = cfg.optim.epochs * per_epoch
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.optim.lr, total_steps=steps,
                                                     pct_start=0.15)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+    if multi_label:
+        criterion: nn.Module = nn.BCEWithLogitsLoss()
+        score_name = "mAP"  # what validation reports and best.pt is chosen on
+        train_hit = "precision_at_1"  # the share of training windows whose top class is one of their labels
+    else:
+        criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+        score_name = train_hit = "accuracy"
 
     def forward(m: nn.Module, video: torch.Tensor, audio: torch.Tensor, label: torch.Tensor):
         with run.autocast():
@@ -249,33 +318,41 @@ def train_action(cfg: ActionTrainConfig, init_state: dict[str, torch.Tensor] | N
         else:
             video, audio, label, _ = next(batches["it"])
             zero_modalities(video, audio, cfg.modality_dropout, gen)
+            if multi_label:  # a single-label set trained with sigmoids
+                label = nn.functional.one_hot(label, len(labels)).float()
         video, audio, label = (x.to(device, non_blocking=True) for x in (video, audio, label))
         loss, logits = train_step(video, audio, label)
-        correct = (logits.argmax(1) == label).sum().item()
+        if multi_label:  # the top-scored class is one of the clip's labels
+            correct = label.gather(1, logits.argmax(1, keepdim=True)).sum().item()
+        else:
+            correct = (logits.argmax(1) == label).sum().item()
         r = st["round"]
         r["loss"] += loss.item() * len(label)
         r["correct"] += correct
         r["n"] += len(label)
-        return loss, {"loss": loss.item(), "accuracy": correct / len(label), **logs}, len(label)
+        return loss, {"loss": loss.item(), train_hit: correct / len(label), **logs}, len(label)
 
     def round_end(epoch: int, done: int) -> dict[str, float]:
         nonlocal t_round
         batches["epoch"] = None
-        va = evaluate(model, val_loader, criterion, device, spec=clip)
-        if run.distributed:
+        if multi_label:  # mAP does not split into per-rank sums: the ranks pool their clips' scores
+            va = evaluate_multi_label(model, val_loader, criterion, device, len(labels), spec=clip, gather=run.gather)
+        else:
+            va = evaluate(model, val_loader, criterion, device, spec=clip)
+        if run.distributed and not multi_label:
             n = va.pop("n")
             sums = run.reduce_sums({"n": n, **{k: v * n for k, v in va.items()}})
             total = sums.pop("n")
             va = {**{k: v / total for k, v in sums.items()}, "n": int(total)}
         r = run.reduce_sums(st["round"])
-        tr = {"loss": r["loss"] / max(r["n"], 1), "accuracy": r["correct"] / max(r["n"], 1)}
+        tr = {"loss": r["loss"] / max(r["n"], 1), train_hit: r["correct"] / max(r["n"], 1)}
         seconds = time.perf_counter() - t_round
         st["seconds"] += seconds
         st["round"] = {"loss": 0.0, "correct": 0, "n": 0}
         st["history"].append({"epoch": epoch, "step": done, "train": tr, "val": va, "seconds": seconds})
-        log.info("epoch %d train loss %.3f acc %.3f | val loss %.3f acc %.3f (%.0f s)", epoch, tr["loss"],
-                 tr["accuracy"], va["loss"], va["accuracy"], seconds)
-        if st["best"] is None or va["accuracy"] >= st["best"]["val"]["accuracy"]:
+        log.info("epoch %d train loss %.3f %s %.3f | val loss %.3f %s %.3f (%.0f s)", epoch, tr["loss"], train_hit,
+                 tr[train_hit], va["loss"], score_name, va[score_name], seconds)
+        if st["best"] is None or better(va[score_name], st["best"]["val"][score_name]):
             st["best"] = st["history"][-1]
             run.save("best.pt", run.checkpoint_payload(model, **provenance(),
                                                        metrics={"epoch": epoch, **val_metrics(va)}))
@@ -283,7 +360,8 @@ def train_action(cfg: ActionTrainConfig, init_state: dict[str, torch.Tensor] | N
         return {"epoch": epoch, **val_metrics(va)}
 
     def provenance() -> dict[str, Any]:
-        return {"model": cfg.model, "model_config": dataclasses.asdict(mcfg), "labels": labels}
+        return {"model": cfg.model, "model_config": dataclasses.asdict(mcfg), "labels": labels,
+                "multi_label": multi_label}
 
     def state() -> dict[str, Any]:
         return {**st, "dropout": gen.get_state(), "stream": meter.state()}
@@ -302,15 +380,39 @@ def train_action(cfg: ActionTrainConfig, init_state: dict[str, torch.Tensor] | N
     return result
 
 
+def better(score: float, best: float) -> bool:
+    """Whether a validation score takes best.pt from the best so far (ties go to the later epoch; NaN, an mAP over
+    no class with a positive, never does unless the best is NaN too)."""
+    if math.isnan(score):
+        return math.isnan(best)
+    return math.isnan(best) or score >= best
+
+
+def train_targets(table: ClipTable, labels: list[str]) -> MultiHot:
+    """Multi-hot targets of a training manifest over the run's labels."""
+    targets = MultiHot(table, labels)
+    if targets.dropped:
+        log.warning("%d labels of the training clips are not among the run's %d labels: dropped", targets.dropped,
+                    len(labels))
+    return targets
+
+
 def make_val_loader(cfg: ActionTrainConfig, clip: ClipSpec, labels: list[str], rank: int,
-                    world_size: int) -> DataLoader:
+                    world_size: int, multi_label: bool = False) -> DataLoader:
     """This rank's share of the validation clips, every service window of each: streamed from a manifest, or
-    decoded into RAM."""
+    decoded into RAM. ``multi_label``: a manifest's targets are multi-hot (labels the run lacks dropped)."""
     if is_manifest(cfg.data.val):
         table: ClipTable = read_manifest(cfg.data.val, val=True)
         mine = table.take(range(rank, len(table), world_size))
         workers = cfg.stream.workers
-        return DataLoader(ClipWindows(mine, clip, mine.label_index(labels), cache=find_cache(table, clip, cfg.stream)),
+        if multi_label:
+            targets = MultiHot(mine, labels)
+            if targets.dropped and rank == 0:
+                log.warning("%d labels of this rank's validation clips are not among the run's %d labels: dropped",
+                            targets.dropped, len(labels))
+        else:
+            targets = mine.label_index(labels)
+        return DataLoader(ClipWindows(mine, clip, targets, cache=find_cache(table, clip, cfg.stream)),
                           batch_size=8,
                           collate_fn=cat_clip_windows, num_workers=workers,
                           worker_init_fn=seed_worker if workers else None)

@@ -5,6 +5,10 @@ Columns: ``path`` (relative to the manifest's folder, or absolute), ``duration_s
 ``height``, ``has_audio`` (0/1), ``label`` (``;``-separated when a clip has several), ``split``, ``speaker``,
 ``start_s``, ``end_s`` (the labelled span; empty: the whole file).
 
+A manifest is **multi-label** when any of its rows (in any split) carries several labels: AudioSet-style data, where
+a clip's labels are all true at once. ``train-action`` then trains per-class sigmoids on multi-hot targets
+(:class:`MultiHot`) and reports mAP; otherwise each clip has exactly one label (:meth:`ClipTable.label_index`).
+
 :class:`ClipTable` holds a manifest as a handful of numpy arrays (no Python object per row): a table of a million
 clips costs tens of MB, and DataLoader workers forked from the trainer share its pages instead of copying them
 one reference count at a time (what a list of per-row dicts or strings does).
@@ -55,6 +59,11 @@ class ManifestRow:
                 num(self.end_s)]
 
 
+def split_labels(text: str | None) -> tuple[str, ...]:
+    """A label cell's labels: several are joined by ``;`` (blanks around each are dropped)."""
+    return tuple(filter(None, (s.strip() for s in (text or "").split(LABEL_SEP))))
+
+
 def write_manifest(path: str | Path, rows: Iterable[ManifestRow]) -> int:
     """Write ``rows`` atomically (aside, then renamed); returns the count."""
     path = Path(path)
@@ -94,6 +103,7 @@ def split_spec(spec: str | Path) -> tuple[Path, str | None]:
 class ClipTable:
     """A manifest's rows as arrays. ``labels`` is the manifest's sorted label vocabulary; a row's labels are
     ``label_ids[label_ptr[i]:label_ptr[i + 1]]``. ``start_s``/``end_s`` are NaN where the row has none.
+    ``multi_label`` is the whole manifest's (some row has several labels), kept by the subsets of its splits.
 
     Shape: every array (N,) except label_ptr (N + 1,) and label_ids (total labels,)
     """
@@ -112,6 +122,7 @@ class ClipTable:
     speaker_ids: np.ndarray  # int32 into speakers
     speakers: list[str]
     manifest: Path | None = None  # the file it was read from (a decoded cache lives beside it)
+    multi_label: bool = False  # some row of the manifest (any split) carries several labels
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -133,10 +144,6 @@ class ClipTable:
         hi = float(self.end_s[i]) if math.isfinite(self.end_s[i]) else float(self.duration_s[i])
         return max(0.0, lo), min(hi, float(self.duration_s[i]))
 
-    @property
-    def multi_label(self) -> bool:
-        return bool((np.diff(self.label_ptr) > 1).any())
-
     def take(self, idx: Sequence[int] | np.ndarray) -> ClipTable:
         """The rows ``idx`` (vocabularies kept, so label ids stay comparable across subsets)."""
         idx = np.asarray(idx, dtype=np.int64)
@@ -146,7 +153,7 @@ class ClipTable:
                if len(idx) else np.zeros(0, np.int32)).astype(np.int32)
         return ClipTable(self.root, self.paths[idx], self.duration_s[idx], self.has_audio[idx], self.start_s[idx],
                          self.end_s[idx], ptr, ids, self.labels, self.split_ids[idx], self.splits,
-                         self.speaker_ids[idx], self.speakers, self.manifest)
+                         self.speaker_ids[idx], self.speakers, self.manifest, self.multi_label)
 
     def select_split(self, split: str | None, val: bool = False) -> ClipTable:
         """The rows of ``split`` (``*``: every row); None: the training rows (split ``train``, or all rows when no
@@ -182,6 +189,38 @@ class ClipTable:
         return out
 
 
+class MultiHot:
+    """Multi-label targets: row ``i``'s labels as a multi-hot float32 vector over ``vocabulary``, built when asked
+    for from the table's ragged label arrays (a dense N x K matrix of AudioSet's 2M clips and 527 classes would take
+    4 GB). Labels outside ``vocabulary`` are dropped (``dropped`` counts them): a class the model lacks is not
+    scored. Shape: ``self[i]`` (K,)
+    """
+
+    def __init__(self, table: ClipTable, vocabulary: Sequence[str]) -> None:
+        index = {name: k for k, name in enumerate(vocabulary)}
+        remap = np.array([index.get(name, -1) for name in table.labels] or [-1], dtype=np.int32)
+        ids = remap[table.label_ids] if len(table.label_ids) else np.zeros(0, np.int32)
+        keep = ids >= 0
+        row_of = np.repeat(np.arange(len(table)), np.diff(table.label_ptr))  # each label's row
+        kept = np.bincount(row_of[keep], minlength=len(table))
+        self.classes = len(vocabulary)
+        self.dropped = int((~keep).sum())
+        self.ids = ids[keep]
+        self.ptr = np.concatenate([[0], np.cumsum(kept)]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.ptr) - 1
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        out = np.zeros(self.classes, dtype=np.float32)
+        out[self.ids[self.ptr[i]:self.ptr[i + 1]]] = 1.0
+        return out
+
+    def dense(self) -> np.ndarray:
+        """Every row's vector. Shape: (N, K)"""
+        return np.stack([self[i] for i in range(len(self))]) if len(self) else np.zeros((0, self.classes), np.float32)
+
+
 def read_manifest(spec: str | Path, split: str | None = None, val: bool = False) -> ClipTable:
     """Read ``MANIFEST.csv`` (or ``MANIFEST.csv#SPLIT``) into a :class:`ClipTable` of the selected split (see
     :meth:`ClipTable.select_split`; an explicit ``split`` wins over a ``#SPLIT`` suffix)."""
@@ -212,7 +251,7 @@ def read_manifest(spec: str | Path, split: str | None = None, val: bool = False)
                 raise ManifestError(f"{file}:{line}: a row needs a path and a positive duration_s")
             paths.append(os.fsencode(row["path"]))
             nums.append((duration, start, end, has_audio))
-            for name in filter(None, (s.strip() for s in (row.get("label") or "").split(LABEL_SEP))):
+            for name in split_labels(row.get("label")):
                 label_ids.append(labels.setdefault(name, len(labels)))
             label_ptr.append(len(label_ids))
             split_codes.append(splits.setdefault((row.get("split") or "").strip(), len(splits)))
@@ -239,4 +278,5 @@ def read_manifest(spec: str | Path, split: str | None = None, val: bool = False)
         speakers=list(speakers),
         manifest=file.resolve(),
     )
+    table.multi_label = bool((np.diff(table.label_ptr) > 1).any())
     return table.select_split(split if split is not None else suffix, val=val)

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from model_store.manifest import ClipSpec
 from model_store.media import Decoded, MediaLimits, cut_windows, decode, normalize_video
-from training.data.collection import ALL_SPLITS, is_manifest, read_manifest, split_spec
+from training.data.collection import ALL_SPLITS, is_manifest, read_manifest, split_labels, split_spec
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,9 @@ VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v"}
 
 @dataclass
 class Record:
+    """One clip of a dataset. ``labels`` holds every label of the clip; ``label`` is the one label of a
+    single-label clip (None when it has none or several)."""
+
     video: Path
     label: str | None = None
     start_s: float | None = None
@@ -39,6 +42,11 @@ class Record:
     boxes: list[list[float]] | None = None
     split: str | None = None
     speaker: str | None = None
+    labels: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.labels and self.label is not None:
+            self.labels = (self.label,)
 
 
 @dataclass
@@ -132,10 +140,9 @@ def _manifest_records(spec: str | Path) -> list[Record]:
     records = []
     for i in range(len(table)):
         labels = table.row_labels(i)
-        if len(labels) > 1:
-            raise ValueError(f"{table.path(i)} has {len(labels)} labels; this reader takes one per clip")
         lo, hi = table.start_s[i], table.end_s[i]
-        records.append(Record(video=table.path(i), label=labels[0] if labels else None,
+        records.append(Record(video=table.path(i), label=labels[0] if len(labels) == 1 else None,
+                              labels=tuple(labels),
                               start_s=float(lo) if np.isfinite(lo) else None,
                               end_s=float(hi) if np.isfinite(hi) else None,
                               split=table.splits[table.split_ids[i]] or None,
@@ -160,19 +167,21 @@ def _read_csv(path: Path, base: Path) -> list[Record]:
         else:  # Kinetics/VGGSound style: path,label[,start,end]
             names = ["video", "label", "start_s", "end_s"]
             rows = [dict(zip(names, r, strict=False)) for r in csv.reader(fh) if r]
-    return [
-        Record(
+    records = []
+    for row in rows:
+        labels = split_labels(row.get("label"))
+        records.append(Record(
             video=base / row["video"],
-            label=row.get("label") or None,
+            label=labels[0] if len(labels) == 1 else None,
+            labels=labels,
             start_s=opt_float(row.get("start_s")),
             end_s=opt_float(row.get("end_s")),
             on_screen=opt_path(row.get("on_screen")),
             off_screen=opt_path(row.get("off_screen")),
             boxes=json.loads(row["boxes"]) if row.get("boxes") else None,
             split=row.get("split") or None,
-        )
-        for row in rows
-    ]
+        ))
+    return records
 
 
 def _decode_one(args: tuple[Path, ClipSpec, float | None, float | None]) -> Decoded:
@@ -193,6 +202,9 @@ def load_clips(
     """Decode every record with the service's decoder, in ``workers`` processes."""
     index = {name: i for i, name in enumerate(labels)}
     for r in records:
+        if len(r.labels) > 1:
+            raise ValueError(f"{r.video} has {len(r.labels)} labels; this path decodes single-label clips (a "
+                             "multi-label manifest trains streamed: train-action data.train=MANIFEST.csv)")
         if r.label is not None and r.label not in index:
             raise ValueError(f"{r.video}: label {r.label!r} is not one of {list(labels)}")
     jobs = [(r.video, spec, r.start_s, r.end_s) for r in records]

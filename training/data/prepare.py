@@ -6,8 +6,15 @@ SOURCE layouts (``--layout auto`` tells them apart):
 - ``kinetics``: a Kinetics CSV as it ships (``label,youtube_id,time_start,time_end,split``), files named
   ``<youtube_id>_<start:06d>_<end:06d>.mp4`` anywhere under ``--videos`` (default: the CSV's folder);
 - ``vggsound``: a VGGSound CSV as it ships (no header: ``youtube_id,start,label,split``), files named
-  ``<youtube_id>_<start:06d>.mp4`` by default; ``--naming`` sets the pattern for either (Python format fields:
-  ``youtube_id``, ``start``, ``end``, ``start_ms``, ``end_ms``);
+  ``<youtube_id>_<start:06d>.mp4`` by default;
+- ``audioset``: an AudioSet segments CSV as it ships (``#`` comment lines, then ``YTID, start_seconds, end_seconds,
+  positive_labels`` with the labels a quoted comma-separated list of ids such as ``"/m/09x0r,/m/04rlf"``), files
+  named ``<youtube_id>_<start_ms>.mp4`` by default. **Multi-label**: a clip keeps all its labels (``;``-joined in the
+  manifest's ``label`` column), named by ``--class-index`` (AudioSet's ``class_labels_indices.csv``:
+  ``index,mid,display_name``; by default that file beside the CSV, if it is there), else kept as ids. The split comes
+  from the CSV's name: ``*eval*`` -> ``test``, ``*train*`` -> ``train`` (``--val-fraction`` for others);
+- ``--naming`` sets the file name pattern for kinetics, vggsound and audioset (Python format fields: ``youtube_id``,
+  ``start``, ``end`` (whole seconds), ``start_ms``, ``end_ms``);
 - ``ucf101``: a ``<class>/<video>`` tree with the official ``trainlistNN.txt``/``testlistNN.txt`` (in SOURCE,
   ``SOURCE/ucfTrainTestlist``, beside SOURCE, or ``--lists``); ``--fold`` picks NN;
 - ``tree``: a ``<class>/<video>`` tree without lists (label: the folder);
@@ -45,11 +52,13 @@ from training.data.collection import LABEL_SEP, ManifestRow, write_manifest
 
 log = logging.getLogger(__name__)
 
-LAYOUTS = ("auto", "av", "kinetics", "vggsound", "ucf101", "tree", "talking_heads")
+LAYOUTS = ("auto", "av", "kinetics", "vggsound", "audioset", "ucf101", "tree", "talking_heads")
 REASONS = ("missing", "undecodable", "no_audio", "too_short", "over_limits")
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv"}
-DEFAULT_NAMING = {"kinetics": "{youtube_id}_{start:06d}_{end:06d}.mp4", "vggsound": "{youtube_id}_{start:06d}.mp4"}
+DEFAULT_NAMING = {"kinetics": "{youtube_id}_{start:06d}_{end:06d}.mp4", "vggsound": "{youtube_id}_{start:06d}.mp4",
+                  "audioset": "{youtube_id}_{start_ms}.mp4"}
 VGGSOUND_SECONDS = 10  # VGGSound clips are 10 s from their start
+AUDIOSET_CLASS_INDEX = "class_labels_indices.csv"  # AudioSet's index,mid,display_name
 # the window decoded at both ends of every file: small, so that checking costs little more than decoding
 CHECK_SPEC = ClipSpec(fps=4.0, frames=2, height=16, width=16, sample_rate=8000, audio_samples=4000)
 
@@ -97,6 +106,8 @@ def detect_layout(source: Path) -> str:
         cells = [c.strip().lower() for c in first]
         if "youtube_id" in cells:
             return "kinetics"
+        if _is_audioset(source, first):
+            return "audioset"
         if cells[:2] == ["path", "duration_s"]:
             raise LayoutError(f"{source} is already a clip manifest")
         if len(first) >= 3 and _is_number(first[1]) and Path(first[0]).suffix.lower() not in VIDEO_SUFFIXES:
@@ -119,12 +130,14 @@ def detect_layout(source: Path) -> str:
 
 
 def list_entries(source: Path, layout: str, videos: Path | None = None, naming: str | None = None,
-                 lists: Path | None = None, fold: int = 1) -> list[Entry]:
+                 lists: Path | None = None, fold: int = 1, class_index: Path | None = None) -> list[Entry]:
     """The videos ``source`` lists, in its order (a file listed twice once, with its labels merged)."""
     if layout == "av":
         entries = _av_entries(source)
     elif layout in ("kinetics", "vggsound"):
         entries = _csv_entries(source, layout, videos or source.parent, naming or DEFAULT_NAMING[layout])
+    elif layout == "audioset":
+        entries = _audioset_entries(source, videos or source.parent, naming or DEFAULT_NAMING[layout], class_index)
     elif layout == "ucf101":
         entries = _ucf_entries(source, lists, fold)
     elif layout == "tree":
@@ -136,6 +149,11 @@ def list_entries(source: Path, layout: str, videos: Path | None = None, naming: 
         raise LayoutError(f"unknown layout {layout!r} ({', '.join(LAYOUTS)})")
     if not entries:
         raise LayoutError(f"{source}: the {layout} layout lists no video")
+    for e in entries:
+        for label in e.labels:
+            if LABEL_SEP in label:  # the manifest joins a clip's labels with it
+                raise LayoutError(f"{e.source or e.path}: the label {label!r} contains {LABEL_SEP!r}, which the "
+                                  "manifest uses to join a clip's labels")
     return _merge(entries)
 
 
@@ -145,6 +163,24 @@ def _first_row(path: Path) -> list[str]:
             if row and any(c.strip() for c in row):
                 return row
     raise LayoutError(f"{path} is empty")
+
+
+def _is_audioset(source: Path, first: list[str]) -> bool:
+    """An AudioSet segments CSV: ``#`` comments naming its columns (``YTID, start_seconds, end_seconds,
+    positive_labels``), that header without ``#``, or rows of an id, two times and labels."""
+    if first[0].lstrip().startswith("#"):
+        with source.open(encoding="utf-8") as fh:
+            for line in fh:
+                if not line.lstrip().startswith("#"):
+                    return False
+                if "positive_labels" in line.lower() or "ytid" in line.lower():
+                    return True
+        return False
+    cells = [c.strip().lower() for c in first]
+    if "positive_labels" in cells or "ytid" in cells:
+        return True
+    return len(first) >= 4 and _is_number(first[1]) and _is_number(first[2]) and \
+        Path(first[0].strip()).suffix.lower() not in VIDEO_SUFFIXES
 
 
 def _is_number(text: str) -> bool:
@@ -176,17 +212,32 @@ def _av_entries(source: Path) -> list[Entry]:
         records = read_records(source)
     except (KeyError, ValueError) as exc:
         raise LayoutError(f"{source}: not an AV dataset index ({exc})") from exc
-    return [Entry(r.video, [r.label] if r.label else [], split=r.split or "", start_s=r.start_s, end_s=r.end_s,
+    return [Entry(r.video, list(r.labels), split=r.split or "", start_s=r.start_s, end_s=r.end_s,
                   source=str(r.video)) for r in records]
+
+
+def _video_files(videos: Path) -> dict[str, Path]:
+    """Every video under ``videos`` by file name (the first, in sorted order, of a name found twice)."""
+    files: dict[str, Path] = {}
+    for p in sorted(videos.rglob("*")):
+        if p.suffix.lower() in VIDEO_SUFFIXES:
+            files.setdefault(p.name, p)
+    return files
+
+
+def _file_name(naming: str, youtube_id: str, start: float, end: float) -> str:
+    """A clip's file name from the ``--naming`` pattern (``start``/``end`` in whole seconds, ``*_ms`` exact)."""
+    try:
+        return naming.format(youtube_id=youtube_id, start=int(start), end=int(end), start_ms=int(round(start * 1000)),
+                             end_ms=int(round(end * 1000)))
+    except (KeyError, IndexError, ValueError) as exc:
+        raise LayoutError(f"--naming {naming!r}: {exc} (fields: youtube_id, start, end, start_ms, end_ms)") from exc
 
 
 def _csv_entries(source: Path, layout: str, videos: Path, naming: str) -> list[Entry]:
     """Kinetics (``label,youtube_id,time_start,time_end,split`` with a header) or VGGSound (``youtube_id,start,
     label,split`` without one); files are looked up by name anywhere under ``videos``."""
-    files: dict[str, Path] = {}
-    for p in sorted(videos.rglob("*")):
-        if p.suffix.lower() in VIDEO_SUFFIXES:
-            files.setdefault(p.name, p)
+    files = _video_files(videos)
     entries = []
     with source.open(newline="", encoding="utf-8") as fh:
         if layout == "kinetics":
@@ -204,15 +255,60 @@ def _csv_entries(source: Path, layout: str, videos: Path, naming: str) -> list[E
             except (KeyError, TypeError, ValueError) as exc:
                 raise LayoutError(f"{source}:{line}: no start time ({exc})") from exc
             ytid = (row.get("youtube_id") or "").strip()
-            try:
-                name = naming.format(youtube_id=ytid, start=start, end=end, start_ms=start * 1000, end_ms=end * 1000)
-            except (KeyError, IndexError, ValueError) as exc:
-                raise LayoutError(f"--naming {naming!r}: {exc} (fields: youtube_id, start, end, start_ms, "
-                                  "end_ms)") from exc
+            name = _file_name(naming, ytid, start, end)
             label = (row.get("label") or "").strip()
             entries.append(Entry(files.get(name, videos / name), [label] if label else [],
                                  split=_split_name((row.get("split") or "").strip()), source=f"{source.name}:{line}"))
     return entries
+
+
+def _audioset_entries(source: Path, videos: Path, naming: str, class_index: Path | None) -> list[Entry]:
+    """An AudioSet segments CSV: ``YTID, start_seconds, end_seconds, "id,id,..."`` rows after ``#`` comments; every
+    row is one clip with all its labels, named through ``class_index`` where it names them."""
+    if class_index is None and (source.parent / AUDIOSET_CLASS_INDEX).is_file():
+        class_index = source.parent / AUDIOSET_CLASS_INDEX
+    names = read_class_index(class_index) if class_index is not None else {}
+    name = source.name.lower()
+    split = "test" if "eval" in name else "train" if "train" in name else ""
+    files = _video_files(videos)
+    entries, unnamed = [], set()
+    with source.open(newline="", encoding="utf-8") as fh:
+        for line, row in enumerate(csv.reader(fh, skipinitialspace=True), start=1):
+            if not row or not any(c.strip() for c in row) or row[0].lstrip().startswith("#"):
+                continue
+            if row[0].strip().lower() == "ytid":  # the column names, without '#'
+                continue
+            if len(row) < 4:
+                raise LayoutError(f"{source}:{line}: an AudioSet row is YTID, start_seconds, end_seconds, "
+                                  f"positive_labels; got {row}")
+            try:
+                start, end = float(row[1]), float(row[2])
+            except ValueError as exc:
+                raise LayoutError(f"{source}:{line}: no start/end time ({exc})") from exc
+            # the labels are one quoted cell; unquoted, they spill over the following cells
+            ids = list(dict.fromkeys(i.strip() for i in ",".join(row[3:]).split(",") if i.strip()))
+            unnamed.update(i for i in ids if names and i not in names)
+            ytid = row[0].strip()
+            file = _file_name(naming, ytid, start, end)
+            entries.append(Entry(files.get(file, videos / file), [names.get(i, i) for i in ids], split=split,
+                                 source=f"{source.name}:{line}"))
+    if unnamed:
+        log.warning("%d label ids are not in %s; kept as ids: %s", len(unnamed), class_index,
+                    ", ".join(sorted(unnamed)[:10]))
+    return entries
+
+
+def read_class_index(path: Path) -> dict[str, str]:
+    """AudioSet's ``class_labels_indices.csv`` (``index,mid,display_name``): label id -> display name."""
+    with Path(path).open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh, skipinitialspace=True)
+        if not {"mid", "display_name"} <= set(reader.fieldnames or []):
+            raise LayoutError(f"{path}: a class index needs the columns index,mid,display_name")
+        names = {row["mid"].strip(): row["display_name"].strip() for row in reader if row.get("mid")}
+    dupes = [n for n, c in Counter(names.values()).items() if c > 1]
+    if dupes:
+        raise LayoutError(f"{path}: display names {dupes[:5]} name several ids")
+    return names
 
 
 def _split_name(split: str) -> str:
@@ -313,7 +409,7 @@ def _check_job(args: tuple[Entry, Checks, dict[str, ClipSpec]]) -> tuple[Manifes
 def prepare(source: str | Path, out: str | Path, layout: str = "auto", workers: int = 2,
             videos: str | Path | None = None, naming: str | None = None, lists: str | Path | None = None,
             fold: int = 1, val_fraction: float = 0.0, checks: Checks = Checks(), progress: bool = True,
-            cache: Sequence[ClipSpec] = ()) -> dict:
+            cache: Sequence[ClipSpec] = (), class_index: str | Path | None = None) -> dict:
     """Write the manifest ``out`` and its skipped-files report (and, for each clip spec in ``cache``, the decoded
     cache of the usable clips beside it, :mod:`training.data.cache`); returns the summary the CLI prints."""
     source, out = Path(source), Path(out)
@@ -322,7 +418,7 @@ def prepare(source: str | Path, out: str | Path, layout: str = "auto", workers: 
     if naming is not None and LABEL_SEP in naming:
         raise LayoutError(f"--naming {naming!r} must not contain {LABEL_SEP!r}")
     entries = list_entries(source, layout, Path(videos) if videos else None, naming,
-                           Path(lists) if lists else None, fold)
+                           Path(lists) if lists else None, fold, Path(class_index) if class_index else None)
     assign_splits(entries, val_fraction, by_speaker=layout == "talking_heads")
     specs = {spec_key(s): s for s in cache}
     writers = {key: CacheWriter(cache_dir(out, spec), spec) for key, spec in specs.items()}
@@ -392,15 +488,17 @@ def _progress(it, total: int, enabled: bool):
 
 def add_parser(sub) -> None:  # noqa: ANN001 - argparse's private subparsers type
     """``prepare`` on the training CLI."""
-    p = sub.add_parser("prepare", help="probe a collection (AV dir, Kinetics/VGGSound CSV, UCF-101, talking heads) "
-                                       "into a clip manifest and a skipped-files report")
+    p = sub.add_parser("prepare", help="probe a collection (AV dir, Kinetics/VGGSound/AudioSet CSV, UCF-101, talking "
+                                       "heads) into a clip manifest and a skipped-files report")
     p.add_argument("source", help="dataset folder or CSV")
     p.add_argument("--out", required=True, help="manifest CSV to write (the report goes beside it: *.skipped.csv)")
     p.add_argument("--layout", default="auto", choices=LAYOUTS)
     p.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)), help="probing processes")
-    p.add_argument("--videos", help="kinetics/vggsound: the folder the files are under (default: the CSV's)")
-    p.add_argument("--naming", help="kinetics/vggsound: file name pattern, e.g. '{youtube_id}_{start_ms}.mp4' "
-                                    f"(defaults: {DEFAULT_NAMING})")
+    p.add_argument("--videos", help="kinetics/vggsound/audioset: the folder the files are under (default: the CSV's)")
+    p.add_argument("--naming", help="kinetics/vggsound/audioset: file name pattern, e.g. "
+                                    f"'{{youtube_id}}_{{start_ms}}.mp4' (defaults: {DEFAULT_NAMING})")
+    p.add_argument("--class-index", help=f"audioset: {AUDIOSET_CLASS_INDEX} (index,mid,display_name) naming the label "
+                                         "ids (default: that file beside the CSV, if there; else labels stay ids)")
     p.add_argument("--lists", help="ucf101: folder of trainlistNN.txt/testlistNN.txt")
     p.add_argument("--fold", type=int, default=1, help="ucf101: which official split (1-3)")
     p.add_argument("--val-fraction", type=float, default=0.0,
@@ -429,7 +527,7 @@ def _cmd_prepare(args) -> int:  # noqa: ANN001
         cache = [clip_spec_for(name) for name in filter(None, args.cache.split(","))]
         summary = prepare(args.source, args.out, layout=args.layout, workers=args.workers, videos=args.videos,
                           naming=args.naming, lists=args.lists, fold=args.fold, val_fraction=args.val_fraction,
-                          checks=checks, progress=not args.quiet, cache=cache)
+                          checks=checks, progress=not args.quiet, cache=cache, class_index=args.class_index)
     except (LayoutError, FileNotFoundError, KeyError) as exc:
         print(f"prepare: {exc}", file=sys.stderr)
         return 2

@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 from model_store.manifest import ClipSpec
 from model_store.media import MediaError, MediaLimits, Window, cut_window, decode_span, decode_window, window_starts
 from training.data.cache import DecodedCache
-from training.data.collection import ClipTable
+from training.data.collection import ClipTable, MultiHot
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,11 @@ def find_cache(table: ClipTable, spec: ClipSpec, options: StreamOptions | None =
     return cache
 
 
+def as_targets(targets: np.ndarray | MultiHot) -> np.ndarray | MultiHot:
+    """Class indices as an array; multi-hot targets as they are (built per row, never as an N x K matrix)."""
+    return targets if isinstance(targets, MultiHot) else np.asarray(targets)
+
+
 def frame_start(rng: np.random.Generator, lo: float, hi: float, spec: ClipSpec) -> float:
     """A random window start in the span ``[lo, hi]``, in whole frames from ``lo`` (audio and frames stay on one
     grid): the rule the in-RAM :class:`~training.data.datasets.WindowDataset` draws with."""
@@ -95,17 +100,19 @@ def frame_start(rng: np.random.Generator, lo: float, hi: float, spec: ClipSpec) 
 class StreamingWindows(Dataset):
     """One random window of clip ``i`` per item, decoded from its file on demand.
 
-    Items: ``(video (T, H, W, 3) uint8, audio (S,) float32, target int64, row int64, failures int64, lost bool)``:
-    ``row`` is the manifest row the window came from (``i`` unless it was replaced), ``failures`` how many draws
-    failed before it, ``lost`` whether none succeeded (then the tensors are zeros).
+    Items: ``(video (T, H, W, 3) uint8, audio (S,) float32, target, row int64, failures int64, lost bool)``:
+    ``target`` is the row's class index (int64), or its multi-hot vector (K,) float32 when ``targets`` is a
+    :class:`~training.data.collection.MultiHot`; ``row`` is the manifest row the window came from (``i`` unless it
+    was replaced), ``failures`` how many draws failed before it, ``lost`` whether none succeeded (then the tensors
+    are zeros).
     """
 
-    def __init__(self, table: ClipTable, spec: ClipSpec, targets: np.ndarray, seed: int = 0,
+    def __init__(self, table: ClipTable, spec: ClipSpec, targets: np.ndarray | MultiHot, seed: int = 0,
                  options: StreamOptions | None = None, limits: MediaLimits | None = None,
                  cache: DecodedCache | None = None) -> None:
         if len(targets) != len(table):
             raise ValueError(f"{len(targets)} targets for {len(table)} clips")
-        self.table, self.spec, self.targets, self.seed = table, spec, np.asarray(targets), seed
+        self.table, self.spec, self.targets, self.seed = table, spec, as_targets(targets), seed
         self.options, self.limits, self.cache = options or StreamOptions(), limits or MediaLimits(), cache
         self.epoch = 0
         self._bad: set[int] = set()  # rows this process saw fail (not decoded again)
@@ -148,12 +155,12 @@ class StreamingWindows(Dataset):
 
 class ClipWindows(Dataset):
     """Evaluation: every window the service would cut from clip ``i`` (its labelled span, when it has one), in one
-    seek-and-decode per clip. Items: ``(video (W, T, H, W, 3) uint8, audio (W, S) float32, target, row, lost)``;
-    batch them with :func:`cat_clip_windows`."""
+    seek-and-decode per clip. Items: ``(video (W, T, H, W, 3) uint8, audio (W, S) float32, target, row, lost)``
+    (``target`` as :class:`StreamingWindows` gives it); batch them with :func:`cat_clip_windows`."""
 
-    def __init__(self, table: ClipTable, spec: ClipSpec, targets: np.ndarray,
+    def __init__(self, table: ClipTable, spec: ClipSpec, targets: np.ndarray | MultiHot,
                  limits: MediaLimits | None = None, cache: DecodedCache | None = None) -> None:
-        self.table, self.spec, self.targets = table, spec, np.asarray(targets)
+        self.table, self.spec, self.targets = table, spec, as_targets(targets)
         self.limits, self.cache = limits or MediaLimits(), cache
 
     def __len__(self) -> int:
@@ -180,8 +187,8 @@ class ClipWindows(Dataset):
 
 
 def cat_clip_windows(items: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Clips' windows as one batch of windows: ``(video (N, T, H, W, 3) uint8, audio (N, S), target (N,),
-    clip row (N,), lost clips)``."""
+    """Clips' windows as one batch of windows: ``(video (N, T, H, W, 3) uint8, audio (N, S), target (N,) or (N, K)
+    multi-hot, clip row (N,), lost clips)``."""
     counts = [len(v) for v, *_ in items]
     video = torch.cat([v for v, *_ in items])
     audio = torch.cat([a for _, a, *_ in items])
