@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from layouts import build_kinetics, build_talking_heads, build_ucf101
+from procs import torchrun
 
 from training.data.prepare import prepare
 
@@ -44,3 +45,9 @@ def kinetics_manifest(kinetics_layout, tmp_path_factory):
 @pytest.fixture(scope="session")
 def heads_manifest(heads_layout, tmp_path_factory):
     return _prepared(heads_layout, tmp_path_factory, "heads")
+
+
+@pytest.fixture(scope="session")
+def run_torchrun():
+    """:func:`procs.torchrun` for tests in sub-folders (which cannot import it by name)."""
+    return torchrun

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from procs import torchrun
 
 from training.cli import main
 from training.engine import RunError
@@ -175,10 +176,7 @@ DDP_TOLERANCE = 0.15
 def test_torchrun_two_processes_follow_the_one_process_loss_curve(uninterrupted, name, tmp_path):
     one_out, args, _ = uninterrupted[name]
     out = tmp_path / "ddp"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "training",
-           *args, f"out={out}"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = torchrun(args, out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     answers = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(answers) == 1  # rank 0 answers

@@ -9,15 +9,14 @@ import contextlib
 import csv
 import io
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from layouts import copy, corrupt_random, synth_videos
+from procs import torchrun as run_torchrun
 from torch.utils.data import DataLoader
 
 from model_store import media
@@ -241,10 +240,7 @@ DDP_TOLERANCE = 0.15  # as tests/training/test_engine.py: BatchNorm statistics p
 
 
 def torchrun(args: list[str], out: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "training",
-           *args, f"out={out}"]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return run_torchrun(args, out)
 
 
 @pytest.mark.parametrize("layout", ["ucf101", "kinetics", "talking_heads"])

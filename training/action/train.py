@@ -334,7 +334,9 @@ def train_action(cfg: ActionTrainConfig, init_state: dict[str, torch.Tensor] | N
 
     def round_end(epoch: int, done: int) -> dict[str, float]:
         nonlocal t_round
-        batches["epoch"] = None
+        # end the epoch's loader (its workers and feeder thread) before validation forks its own workers: forking
+        # beside a live feeder thread can leave the child stuck on a lock (seen once under torchrun)
+        batches.update(epoch=None, it=None)
         if multi_label:  # mAP does not split into per-rank sums: the ranks pool their clips' scores
             va = evaluate_multi_label(model, val_loader, criterion, device, len(labels), spec=clip, gather=run.gather)
         else:

@@ -7,17 +7,12 @@ import contextlib
 import csv
 import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from training.cli import main
 from training.utils import load_checkpoint
-
-ROOT = Path(__file__).resolve().parents[3]
 
 
 def _args(manifest: Path, cache: Path) -> list[str]:
@@ -31,7 +26,7 @@ def _losses(out: Path) -> list[float]:
         return [float(r["loss"]) for r in csv.DictReader(fh) if r.get("loss")]
 
 
-def test_talking_heads_train_separation_mix_and_separate(heads_manifest, tmp_path) -> None:
+def test_talking_heads_train_separation_mix_and_separate(heads_manifest, run_torchrun, tmp_path) -> None:
     manifest, summary = heads_manifest
     assert summary["layout"] == "talking_heads" and summary["skipped"]  # the corrupt and silent files, reported
     cache = tmp_path / "cache"
@@ -46,11 +41,8 @@ def test_talking_heads_train_separation_mix_and_separate(heads_manifest, tmp_pat
     z = np.load(cached[0])
     assert int(z["n"]) == 8 and len(set(z["speakers"].tolist())) == 4 and "off0" not in z  # own audio only
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     two = tmp_path / "two"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-                           "training", *_args(manifest, cache), f"out={two}"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = run_torchrun(_args(manifest, cache), two)
     assert proc.returncode == 0, proc.stderr[-3000:]
     last = load_checkpoint(two / "last.pt")
     assert last["world_size"] == 2 and last["finished"]
