@@ -7,6 +7,7 @@ that then replaces ``<root>/<task>``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -18,8 +19,11 @@ from model_store.registry import ModelStore
 log = logging.getLogger(__name__)
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
+VOICES = "data/voices"  # the speech library (python -m training voices), as the separation configs name it
 EVAL_DATA = {"action": "synthav:seed=1000,n=200", "avsync": "synthav:seed=1000,n=200",
-             "separation": "synthav:seed=1000,n=100,kind=speech"}
+             # synthetic voices, then faces voiced by the speech library's held-out *test* speakers
+             "separation": f"synthav:seed=1000,n=100,kind=speech|voices=synthav:seed=3,n=100,kind=speech,"
+                           f"voices={VOICES}/test"}
 
 
 def fresh(cache_dir: str) -> list[str]:
@@ -28,28 +32,55 @@ def fresh(cache_dir: str) -> list[str]:
     return [f"data.cache_dir={cache_dir}", "overwrite=true"]
 
 
+def ensure_voices(out: str | Path = VOICES) -> dict[str, Any]:
+    """The speech library at ``out`` (rendered if missing: needs festival, festvox-*, flite and espeak-ng);
+    returns its summary (voices.json)."""
+    import json
+
+    from training.data.voices import build_library
+
+    summary = Path(out) / "voices.json"
+    if not summary.is_file():
+        log.info("rendering the speech library into %s", out)
+        build_library(out, progress=True)
+    return json.loads(summary.read_text())
+
+
 def build_separation(root: Path, cache_dir: str, checkpoint: str | Path | None = None) -> None:
-    """Train ``configs/separation_audio_only.yaml`` then ``configs/separation_default.yaml`` warm-started from it
-    (or take ``checkpoint``, a finished run of that config), export, score on speech clips of seed 1000 (never used
-    in training) and publish as ``<root>/separation`` v1."""
+    """Train ``configs/separation_audio_only.yaml``, then ``configs/separation_default.yaml`` warm-started from it,
+    then ``configs/separation_speech.yaml`` (recorded voices) from that (or take ``checkpoint``, a finished run of
+    the last config); export, score on synthetic-voice speech clips of seed 1000 and on faces voiced by the
+    speech library's held-out test speakers (neither used in training) and publish as ``<root>/separation`` v1."""
     from training.config import load_config
     from training.separation.train import SeparationTrainConfig, train_separation
 
-    config = "separation_default.yaml"
+    voices = ensure_voices()
+    config = "separation_speech.yaml"
     cfg = load_config(SeparationTrainConfig, CONFIGS / config, fresh(cache_dir))
     metrics: dict[str, Any] = {}
+    steps: dict[str, Any] = {}
     if checkpoint is None:
         # the audio-only PIT run first: its U-Net warm-starts the audio-visual model (cfg.init_unet)
-        pit = load_config(SeparationTrainConfig, CONFIGS / "separation_audio_only.yaml",
-                          fresh(cache_dir))
+        pit = load_config(SeparationTrainConfig, CONFIGS / "separation_audio_only.yaml", fresh(cache_dir))
         metrics["audio_only"] = train_separation(pit)
+        synthetic = load_config(SeparationTrainConfig, CONFIGS / "separation_default.yaml",
+                                [*fresh(cache_dir), f"init_unet={Path(pit.out) / 'best.pt'}"])
+        metrics["audio_visual"] = train_separation(synthetic)
+        start = Path(synthetic.out) / "best.pt"
         cfg = load_config(SeparationTrainConfig, CONFIGS / config,
-                          [*fresh(cache_dir), f"init_unet={Path(pit.out) / 'best.pt'}"])
-        metrics["audio_visual"] = train_separation(cfg)
+                          [*fresh(cache_dir), f"init_unet={start}", f"init_avsync={start}"])
+        metrics["speech"] = train_separation(cfg)
         checkpoint = Path(cfg.out) / "best.pt"
-    extra = {"build": f"python -m training build-defaults --tasks separation (config {config})",
+        steps = {name: {"steps": c.optim.steps, "best_step": metrics[name].get("step")}
+                 for name, c in (("audio_only", pit), ("audio_visual", synthetic), ("speech", cfg))}
+    extra = {"build": "python -m training build-defaults --tasks separation (configs separation_audio_only.yaml, "
+                      f"separation_default.yaml, then {config})",
              "backbone": "AVSyncNet trained jointly from scratch" if not cfg.init_avsync
-             else f"AVSyncNet initialised from {cfg.init_avsync}",
+             else f"AVSyncNet trained jointly from scratch (separation_default.yaml), fine-tuned in {config}",
+             "voices": {"library": VOICES, "train": cfg.data.train, "val": cfg.data.val,
+                        "splits": voices.get("splits"), "synthesisers": voices.get("versions"),
+                        "augmentation": dataclasses.asdict(cfg.aug)},
+             "steps": steps,
              "train_metrics": metrics}
     _publish_fresh(root, "separation", Path(checkpoint), EVAL_DATA["separation"], cache_dir, extra)
 
