@@ -11,7 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
+from app import service as service_module
 from app.limits import UploadLimitMiddleware
+from app.service import ServiceState
 from app.settings import Settings
 from model_store import DEFAULT_ROOT
 from model_store.runtime import DEFAULT_PROVIDERS
@@ -35,6 +37,16 @@ def test_settings_defaults_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AVSCENE_TASKS", "action,juggling")
     with pytest.raises(ValidationError, match="juggling"):
         Settings()
+
+
+def test_decode_threads_share_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """0 (the default): a decode alone gets every core, decodes side by side one each; a setting is taken as is."""
+    monkeypatch.setattr(service_module, "_cores", lambda: 4)
+    state = ServiceState(Settings(decode_threads=0))
+    assert [state.decode_threads() for state.decoding in (0, 1, 2, 3, 7)] == [4, 2, 1, 1, 1]
+    state = ServiceState(Settings(decode_threads=3))
+    assert [state.decode_threads() for state.decoding in (0, 5)] == [3, 3]
+    assert Settings().intra_op_spinning is False and Settings().decode_threads == 0
 
 
 def _run_middleware(chunks: list[bytes], headers: list[tuple[bytes, bytes]], limit: int):
