@@ -60,8 +60,10 @@ async def create_separation(
                                    analyze.job_of(service, request, [TASK], 1, False, box, part="separation"))
     if not isinstance(accepted, PathLike):
         return accepted
-    accepted.unlink(missing_ok=True)  # short enough to answer now (decode_upload saves its own copy)
-    windows = await service.decode_upload(file.file, manifest)
+    try:  # short enough to answer now, from the upload respond_async saved
+        windows = await service.decode_saved(accepted, manifest)
+    finally:
+        accepted.unlink(missing_ok=True)
     feeds = await anyio.to_thread.run_sync(separation_feeds, windows, manifest.clip, box)
     outputs = await service.batchers[TASK].infer(feeds)
     tracks = await anyio.to_thread.run_sync(separated_tracks, outputs, windows, manifest.clip)
