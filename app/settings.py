@@ -42,7 +42,10 @@ class Settings(BaseSettings):
     max_duration_s: float = Field(default=600.0, gt=0)
     max_pixels: int = Field(default=3840 * 2160, gt=0, description="largest accepted frame (width x height)")
     max_batch: int = Field(default=16, ge=1, description="most windows one ONNX run takes")
-    batch_timeout_ms: float = Field(default=5.0, ge=0, description="how long a batch waits for more windows")
+    batch_timeout_ms: float | None = Field(default=None, ge=0, description="how long a batch waits for more "
+                                           "windows; default: 5 ms for a model on a GPU, 0 on CPU (where one window "
+                                           "costs as much in a batch as alone: benchmarks/serve_batching.py), so that "
+                                           "a request alone never waits; windows already queued join a batch anyway")
     max_concurrent_decodes: int = Field(default=2, ge=1)
     decode_threads: int = Field(default=0, ge=0, description="FFmpeg video decoder threads per decode; 0: as many "
                                 "as the cores divided among the decodes running when it starts (all of them for a "

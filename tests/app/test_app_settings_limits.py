@@ -25,7 +25,7 @@ def test_settings_defaults_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
     s = Settings()
     assert s.model_root == DEFAULT_ROOT and s.model_alias == "production" and s.tasks is None
     assert s.providers == list(DEFAULT_PROVIDERS)
-    assert (s.max_batch, s.batch_timeout_ms, s.max_concurrent_decodes) == (16, 5.0, 2)
+    assert (s.max_batch, s.batch_timeout_ms, s.max_concurrent_decodes) == (16, None, 2)
     assert s.max_upload_bytes == 200 << 20
     monkeypatch.setenv("AVSCENE_PROVIDERS", "CUDAExecutionProvider, CPUExecutionProvider")
     monkeypatch.setenv("AVSCENE_TASKS", '["action"]')
@@ -102,3 +102,14 @@ def test_openapi_documents_every_route(client: TestClient) -> None:
     assert "application/problem+json" in post["responses"]["415"]["content"]
     ok = post["responses"]["200"]["content"]["application/json"]["schema"]
     assert ok["$ref"].endswith("ActionResponse")
+
+
+def test_batch_timeout_waits_only_on_a_gpu() -> None:
+    """Unset, a batch waits 5 ms for more windows on a GPU and not at all on CPU; a setting is taken as is."""
+    from types import SimpleNamespace
+
+    cpu, gpu = SimpleNamespace(providers=["CPUExecutionProvider"]), \
+        SimpleNamespace(providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert service_module.batch_timeout_s(Settings(), cpu) == 0.0
+    assert service_module.batch_timeout_s(Settings(), gpu) == 0.005
+    assert service_module.batch_timeout_s(Settings(batch_timeout_ms=20), cpu) == 0.02
