@@ -93,7 +93,8 @@ class JobStore:
             for name, wave in tracks.items():
                 audio = np.clip(np.asarray(wave, dtype=np.float32), -1.0, 1.0)
                 written.append(staging / f"{name}.{STORED}")
-                sf.write(written[-1], audio, job.sample_rate, format=fmt, subtype=subtype)
+                with open(written[-1], "wb") as fh:  # libsndfile fsyncs a file it opened itself: once is enough
+                    sf.write(fh, audio, job.sample_rate, format=fmt, subtype=subtype)
             written.append(staging / "job.json")
             written[-1].write_text(json.dumps(asdict(job)))
             for path in written:  # all written first: the first fsync's journal commit takes most of the others along
@@ -132,7 +133,8 @@ class JobStore:
         aside = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
         try:
             data, rate = sf.read(source, dtype="int16")  # the stored 16-bit samples, unchanged
-            sf.write(aside, data, rate, format=fmt, subtype=subtype)
+            with open(aside, "wb") as fh:
+                sf.write(fh, data, rate, format=fmt, subtype=subtype)
             os.replace(aside, path)
         except FileNotFoundError as exc:  # deleted (or expired and swept) meanwhile
             raise JobNotFound(path.name) from exc
