@@ -2,10 +2,12 @@
 
 Separation results: kept for a configured time and then removed.
 
-Layout: ``<root>/<id>/{job.json, on_screen.wav, off_screen.wav, on_screen.flac, off_screen.flac}``. A job is
-written into ``<root>/.staging-<id>`` (files fsynced) and renamed into place, so a reader sees a whole job or
-none. ``get`` refuses an expired job (and removes it); :meth:`JobStore.sweep` removes every expired job and
-runs periodically in the service (:meth:`JobStore.run_sweeper`).
+Layout: ``<root>/<id>/{job.json, on_screen.wav, off_screen.wav}``, plus ``on_screen.flac`` / ``off_screen.flac``
+once asked for (encoded from the WAV on the first download: lossless, the same 16-bit samples, and most clients
+never ask, so the answer does not wait for it). A job is written into ``<root>/.staging-<id>`` (files fsynced) and
+renamed into place, so a reader sees a whole job or none; a FLAC is written aside and renamed into place too.
+``get`` refuses an expired job (and removes it); :meth:`JobStore.sweep` removes every expired job and runs
+periodically in the service (:meth:`JobStore.run_sweeper`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 
 TRACKS = ("on_screen", "off_screen")
 FORMATS = {"wav": ("WAV", "PCM_16", "audio/wav"), "flac": ("FLAC", "PCM_16", "audio/flac")}
+STORED = "wav"  # written with the job; the other formats are encoded from it when first asked for
 _ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -73,7 +76,7 @@ class JobStore:
 
     def create(self, tracks: dict[str, np.ndarray], sample_rate: int, *, model: dict, duration_s: float,
                has_audio: bool, hide: list[float] | None = None) -> Job:
-        """Write both tracks (wav and flac) and the job record atomically; returns the job."""
+        """Write both tracks (WAV) and the job record atomically; returns the job."""
         self.root.mkdir(parents=True, exist_ok=True)
         now = self.clock()
         samples = {len(v) for v in tracks.values()}
@@ -85,14 +88,17 @@ class JobStore:
         staging = self.root / f".staging-{job.id}"
         staging.mkdir()
         try:
+            fmt, subtype, _ = FORMATS[STORED]
+            written = []
             for name, wave in tracks.items():
                 audio = np.clip(np.asarray(wave, dtype=np.float32), -1.0, 1.0)
-                for ext, (fmt, subtype, _) in FORMATS.items():
-                    path = staging / f"{name}.{ext}"
-                    sf.write(path, audio, job.sample_rate, format=fmt, subtype=subtype)
-                    _fsync(path)
-            (staging / "job.json").write_text(json.dumps(asdict(job)))
-            _fsync(staging / "job.json")
+                written.append(staging / f"{name}.{STORED}")
+                with open(written[-1], "wb") as fh:  # libsndfile fsyncs a file it opened itself: once is enough
+                    sf.write(fh, audio, job.sample_rate, format=fmt, subtype=subtype)
+            written.append(staging / "job.json")
+            written[-1].write_text(json.dumps(asdict(job)))
+            for path in written:  # all written first: the first fsync's journal commit takes most of the others along
+                _fsync(path)
             os.rename(staging, self.root / job.id)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -111,10 +117,29 @@ class JobStore:
         return job
 
     def track_path(self, job_id: str, track: str, ext: str) -> Path:
+        """A track's file in format ``ext``, encoded from the stored WAV (and kept) the first time it is asked for."""
         if track not in TRACKS or ext not in FORMATS:
             raise JobNotFound(f"{job_id}/{track}.{ext}")
         self.get(job_id)
-        return self._dir(job_id) / f"{track}.{ext}"
+        path = self._dir(job_id) / f"{track}.{ext}"
+        if not path.exists():
+            self._encode(path.with_suffix(f".{STORED}"), path, ext)
+        return path
+
+    def _encode(self, source: Path, path: Path, ext: str) -> None:
+        """``source`` re-encoded as ``ext`` at ``path``, written aside and renamed into place (concurrent first
+        downloads each write their own copy; the last rename wins, with the same content)."""
+        fmt, subtype, _ = FORMATS[ext]
+        aside = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+        try:
+            data, rate = sf.read(source, dtype="int16")  # the stored 16-bit samples, unchanged
+            with open(aside, "wb") as fh:
+                sf.write(fh, data, rate, format=fmt, subtype=subtype)
+            os.replace(aside, path)
+        except FileNotFoundError as exc:  # deleted (or expired and swept) meanwhile
+            raise JobNotFound(path.name) from exc
+        finally:
+            aside.unlink(missing_ok=True)
 
     def delete(self, job_id: str) -> bool:
         path = self._dir(job_id)

@@ -66,6 +66,7 @@ class ServiceState:
     budgets: dict[str, ModelBudget] = field(default_factory=dict)  # admission: windows and requests per model
     upload_bytes: ByteBudget | None = None  # admission: request bodies held (app.admission.AdmissionMiddleware)
     stopped: dict[str, int] = field(default_factory=dict)  # requests stopped early, by "deadline" / "disconnect"
+    decoding: int = 0  # decodes running now (they pick their threads by it)
     _sweeper: asyncio.Task | None = None
     _job_sweeper: asyncio.Task | None = None
 
@@ -83,7 +84,7 @@ class ServiceState:
         Any failure (missing, tampered or unloadable model) raises, so the process does not start serving.
         """
         s = self.settings
-        _fixed_mmap_threshold()
+        _tune_malloc()
         self.decode_slots = asyncio.Semaphore(s.max_concurrent_decodes)
         self.jobs = JobStore(s.results_dir, s.results_ttl_s)
         self._sweeper = asyncio.create_task(self.jobs.run_sweeper(s.results_sweep_s), name="results-sweeper")
@@ -97,11 +98,12 @@ class ServiceState:
         warmup = sorted({1, s.max_batch})
         for task in tasks:
             model = await anyio.to_thread.run_sync(
-                lambda t=task: load_model(store, t, s.model_alias, s.providers, s.intra_op_threads, warmup)
+                lambda t=task: load_model(store, t, s.model_alias, s.providers, s.intra_op_threads, warmup,
+                                          s.intra_op_spinning)
             )
             _check_io(model.manifest)
             self.models[task] = model
-            batcher = MicroBatcher(model.run, s.max_batch, s.batch_timeout_ms / 1000.0, name=task)
+            batcher = MicroBatcher(model.run, s.max_batch, batch_timeout_s(s, model), name=task)
             await batcher.start()
             self.batchers[task] = batcher
             self.budgets[task] = ModelBudget(task, s.max_windows_in_flight, s.max_requests_in_flight)
@@ -151,13 +153,15 @@ class ServiceState:
                 budget.admit(windows)
         return windows
 
-    async def decode_many(self, path: Path, manifests: list[Manifest], wait: bool = False) -> dict[str, Windows]:
-        """Each model's windows of a saved upload: probe (headers only), admit every model's windows (see
-        :meth:`admit`), then decode once per distinct (fps, size, sample rate) and cut each model's windows from
-        that. Decodes run in worker threads, at most ``max_concurrent_decodes`` at a time, and stop early if the
-        current request's deadline passes, its client goes away or its job is cancelled."""
+    async def decode_many(self, path: Path, manifests: list[Manifest], wait: bool = False,
+                          info: ProbeInfo | None = None) -> dict[str, Windows]:
+        """Each model's windows of a saved upload: probe (headers only; ``info``: already probed), admit every
+        model's windows (see :meth:`admit`), then decode once per distinct (fps, size, sample rate) and cut each
+        model's windows from that. Decodes run in worker threads, at most ``max_concurrent_decodes`` at a time, and
+        stop early if the current request's deadline passes, its client goes away or its job is cancelled."""
         assert self.decode_slots is not None
-        info = await anyio.to_thread.run_sync(probe_path, path, self.media_limits)
+        if info is None:
+            info = await anyio.to_thread.run_sync(probe_path, path, self.media_limits)
         for manifest in manifests:
             await self.admit(manifest, info, wait)
         w = work()
@@ -175,9 +179,13 @@ class ServiceState:
             async with self.decode_slots:
                 if w is not None:
                     w.check()
-                decoded = await anyio.to_thread.run_sync(decode_file, path, group[0].clip, limits,
-                                                         w.should_stop if w is not None else None,
-                                                         self.settings.decode_threads)
+                threads = self.decode_threads()
+                self.decoding += 1
+                try:
+                    decoded = await anyio.to_thread.run_sync(decode_file, path, group[0].clip, limits,
+                                                             w.should_stop if w is not None else None, threads)
+                finally:
+                    self.decoding -= 1
             for manifest in group:
                 out[manifest.task] = cut_windows(decoded, manifest.clip)
             del decoded
@@ -185,28 +193,65 @@ class ServiceState:
                 w.progress(0.5 * (i + 1) / len(groups))
         return out
 
-    async def decode_saved(self, path: Path, manifest: Manifest) -> Windows:
+    def decode_threads(self) -> int:
+        """FFmpeg threads for a decode about to start: the setting, or (0) the cores shared among the decodes then
+        running, this one included. Frame threads cost CPU (a 10-s 360p clip: about 20 % more than one thread), so
+        they pay only when cores would be idle; under load, decodes running side by side fill the cores better."""
+        if self.settings.decode_threads > 0:
+            return self.settings.decode_threads
+        return max(1, _cores() // (self.decoding + 1))
+
+    async def decode_saved(self, path: Path, manifest: Manifest, info: ProbeInfo | None = None) -> Windows:
         """One model's windows of a saved upload (:meth:`decode_many`)."""
-        return (await self.decode_many(path, [manifest]))[manifest.task]
+        return (await self.decode_many(path, [manifest], info=info))[manifest.task]
 
     async def decode_upload(self, upload: IO[bytes], manifest: Manifest) -> Windows:
         """Copy the upload to a temporary file and :meth:`decode_saved` it; the file is deleted afterwards."""
-        path = await anyio.to_thread.run_sync(save_upload, upload)
+        path, info = await anyio.to_thread.run_sync(save_and_probe, upload, self.media_limits)
         try:
-            return await self.decode_saved(path, manifest)
+            return await self.decode_saved(path, manifest, info)
         finally:
             path.unlink(missing_ok=True)
 
 
-def _fixed_mmap_threshold(threshold: int = 1 << 20) -> None:
+def batch_timeout_s(settings: Settings, model: LoadedModel) -> float:
+    """The setting, or 5 ms for a model on a GPU (a batch of 16 costs about as much as one window) and 0 on CPU."""
+    if settings.batch_timeout_ms is not None:
+        return settings.batch_timeout_ms / 1000.0
+    return 0.0 if model.providers[0] == "CPUExecutionProvider" else 0.005
+
+
+def _cores() -> int:
+    """The cores this process may run on (its affinity; a container's cpuset), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+# glibc malloc, tuned for a server whose requests allocate arrays of KBs to hundreds of MBs in worker threads
+MMAP_THRESHOLD = 8 << 20  # blocks above this get their own mapping, returned to the system when freed
+TRIM_THRESHOLD = 32 << 20  # free memory an arena keeps at its top instead of returning it
+ARENA_MAX = 4  # arenas the worker threads share: what the arenas keep is at most ARENA_MAX * TRIM_THRESHOLD
+
+
+def _tune_malloc() -> None:
     """glibc serves allocations above the mmap threshold with their own mappings, returned to the system when freed;
     but it raises the threshold to the size of each mapped block freed, so after one request's arrays are freed the
     next request's land on the heap, where freed memory stays in the process. A fixed threshold keeps the decoded
-    windows and feeds (MBs each) mapped, so RSS falls back after every request (about 100 MB less peak RSS after
-    a few 5-minute videos). No-op where there is no glibc."""
+    windows and feeds (tens of MBs for a long video) mapped, so RSS falls back after every request (about 100 MB
+    less peak RSS after a few 5-minute videos).
+
+    Memory below it is kept for the next request instead: mapped and trimmed memory is faulted in again page by page
+    on its next use, and with a 1 MiB threshold (and glibc's 128 KiB trim threshold, which a fixed mmap threshold
+    also fixes) the refined heatmaps' temporaries (1-2 MB each, in a worker thread's arena) took twice as long
+    (10-s video: 24 -> 48 ms). A fixed trim threshold and a few shared arenas bound what is kept to
+    ``ARENA_MAX * TRIM_THRESHOLD`` (128 MiB). No-op where there is no glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, threshold)  # M_MMAP_THRESHOLD (setting it turns the dynamic threshold off)
+        libc.mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD (setting it turns the dynamic thresholds off)
+        libc.mallopt(-1, TRIM_THRESHOLD)  # M_TRIM_THRESHOLD
+        libc.mallopt(-8, ARENA_MAX)  # M_ARENA_MAX
     except (OSError, AttributeError):
         pass
 
@@ -243,6 +288,17 @@ def save_upload(upload: IO[bytes]) -> Path:
         path.unlink(missing_ok=True)
         raise
     return path
+
+
+def save_and_probe(upload: IO[bytes], limits: MediaLimits) -> tuple[Path, ProbeInfo]:
+    """:func:`save_upload`, then :func:`probe_path` (in one worker-thread call: a request's steps each wait for a
+    thread, which on a busy machine costs a scheduler's time slice). The file is deleted if the probe refuses it."""
+    path = save_upload(upload)
+    try:
+        return path, probe_path(path, limits)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def _upload_errors(path: Path) -> contextlib.AbstractContextManager:

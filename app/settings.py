@@ -34,18 +34,26 @@ class Settings(BaseSettings):
     model_root: Path = DEFAULT_ROOT
     model_alias: str = Field(default="production", description="alias or version number served per task")
     providers: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_PROVIDERS))
-    intra_op_threads: int = Field(default=0, ge=0, description="ORT intra-op threads; 0 lets ORT choose")
+    intra_op_threads: int = Field(default=0, ge=0, description="ORT intra-op threads per model run; 0 lets ORT "
+                                  "choose (one per physical core)")
+    intra_op_spinning: bool = Field(default=False, description="ORT's intra-op threads busy-wait for work (ORT's "
+                                    "default; off here: under concurrent load it takes the cores decoders need)")
     max_upload_mb: float = Field(default=200.0, gt=0, description="largest request body, in MiB")
     max_duration_s: float = Field(default=600.0, gt=0)
     max_pixels: int = Field(default=3840 * 2160, gt=0, description="largest accepted frame (width x height)")
     max_batch: int = Field(default=16, ge=1, description="most windows one ONNX run takes")
-    batch_timeout_ms: float = Field(default=5.0, ge=0, description="how long a batch waits for more windows")
+    batch_timeout_ms: float | None = Field(default=None, ge=0, description="how long a batch waits for more "
+                                           "windows; default: 5 ms for a model on a GPU, 0 on CPU (where one window "
+                                           "costs as much in a batch as alone: benchmarks/serve_batching.py), so that "
+                                           "a request alone never waits; windows already queued join a batch anyway")
     max_concurrent_decodes: int = Field(default=2, ge=1)
-    decode_threads: int = Field(default=0, ge=0, description="FFmpeg video decoder threads; 0 lets FFmpeg choose")
+    decode_threads: int = Field(default=0, ge=0, description="FFmpeg video decoder threads per decode; 0: as many "
+                                "as the cores divided among the decodes running when it starts (all of them for a "
+                                "decode that runs alone, one each when as many decodes run as there are cores)")
     # admission control (app/admission.py): beyond these bounds the answer is an immediate 503 with Retry-After
     max_windows_in_flight: int = Field(default=320, ge=1, description="per model: windows admitted (decoding, "
                                        "queued or in inference); one larger request is admitted when the model is idle")
-    max_requests_in_flight: int = Field(default=4, ge=1, description="per model: requests admitted at once")
+    max_requests_in_flight: int = Field(default=2, ge=1, description="per model: requests admitted at once")
     max_upload_held_mb: float = Field(default=1024.0, gt=0, description="request bodies held at once, in MiB")
     async_threshold_s: float = Field(default=60.0, ge=0, description="POST /v1/separations and /v1/analyze "
                                      "answer 202 with a job for videos longer than this (or asked to: "

@@ -1,15 +1,19 @@
 """The service under load: 1, 8 and 32 clients posting 10-second and 5-minute videos to a real uvicorn server.
 
-    python benchmarks/serve_load.py [--route /v1/actions] [--clients 1 8 32] [--videos 10 300] [--seconds 40 90]
+    python benchmarks/serve_load.py [--route /v1/actions] [--clients 1 8 32] [--videos 10 300] [--seconds 45 120]
+        [--rounds 3]
         [--size 320x180@24] [--providers CPUExecutionProvider] [--env AVSCENE_MAX_WINDOWS_IN_FLIGHT=256 ...]
 
 For each video length and client count, that many clients (threads, each with its own keep-alive connection)
 post the video to ``--route`` back to back for ``--seconds`` (per video length; after a 503 a client waits as
-its ``Retry-After`` says), then the requests still running are waited for. Per scenario: successful answers per
-second (``throughput``; ``x1``: the ratio to one client's, measured in the same run), p50/p95/max latency of the
-successes, the share of 503 answers and their slowest latency, any other status, and the server's peak RSS
-(``VmHWM`` of the server process, reset before each scenario through ``/proc/<pid>/clear_refs``; sampled RSS
-where that is not allowed).
+its ``Retry-After`` says), then the requests still running are waited for. That time is split over ``--rounds``
+rounds, each running every client count in turn, so that other load on a shared machine hits all client counts
+alike (their answers are pooled). Per scenario: successful answers per second (``throughput``; ``x1``: the ratio
+to one client's, measured in the same run), p50/p95/max latency of the successes, the share of 503 answers and
+their slowest latency, any other status, the server's peak RSS (``VmHWM`` of the server process, reset
+before each scenario through ``/proc/<pid>/clear_refs``; sampled RSS where that is not allowed), and the CPU the
+server used (``server cores busy``: its CPU seconds over the wall seconds; ``CPU per answer``: over the successes),
+which says whether more clients found idle cores or the machine, shared with other jobs, had none left.
 
 Targets (issue #15, on a 2-core machine): 8 clients >= 1.5x the throughput of 1; with 32 clients every answer
 is a success or a 503 within 2 s, p95 of the successes under 4x one client's latency, peak RSS under 1.5 GB with
@@ -80,6 +84,11 @@ class Server:
                 return int(line.split()[1]) * 1024
         return 0
 
+    def cpu_s(self) -> float:
+        """CPU time the server has used so far (all its threads, user + system), in seconds."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def reset_peak(self) -> bool:
         try:
             Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
@@ -97,6 +106,7 @@ class Server:
 
 
 def scenario(server: Server, route: str, video: bytes, clients: int, seconds: float) -> dict:
+    """``clients`` clients posting ``video`` for ``seconds``: the raw answers, the time taken and the peak RSS."""
     results: list[tuple[int, float]] = []
     lock = threading.Lock()
     stop_at = time.monotonic() + seconds
@@ -126,28 +136,38 @@ def scenario(server: Server, route: str, video: bytes, clients: int, seconds: fl
     exact = server.reset_peak()
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), server.cpu_s()
     threads = [threading.Thread(target=client) for _ in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, server.cpu_s() - cpu0
     sampling.set()
     sampler.join()
     peak = server.status("VmHWM") if exact else peak_sampled[0]
+    return {"results": results, "seconds": elapsed, "cpu_s": cpu, "peak_rss_bytes": peak, "peak_rss_exact": exact}
+
+
+def summarize(clients: int, runs: list[dict]) -> dict:
+    """One client count's rounds together: answers pooled, time summed, the highest peak."""
+    results = [r for run in runs for r in run["results"]]
+    elapsed = sum(run["seconds"] for run in runs)
+    cpu = sum(run["cpu_s"] for run in runs)
     ok = np.array([lat for s, lat in results if s == 200])
     refused = np.array([lat for s, lat in results if s == 503])
     other = sorted({s for s, _ in results if s not in (200, 503)})
     return {
-        "clients": clients, "seconds": elapsed, "answers": len(results), "successes": int(len(ok)),
-        "throughput_per_s": len(ok) / elapsed,
+        "clients": clients, "rounds": len(runs), "seconds": elapsed, "answers": len(results),
+        "successes": int(len(ok)), "throughput_per_s": len(ok) / elapsed,
+        "server_cores": cpu / elapsed, "server_cpu_per_success_s": cpu / len(ok) if len(ok) else None,
         "p50_s": float(np.percentile(ok, 50)) if len(ok) else None,
         "p95_s": float(np.percentile(ok, 95)) if len(ok) else None,
         "max_s": float(ok.max()) if len(ok) else None,
         "share_503": len(refused) / max(len(results), 1),
         "max_503_s": float(refused.max()) if len(refused) else None,
-        "other_statuses": other, "peak_rss_bytes": peak, "peak_rss_exact": exact,
+        "other_statuses": other, "peak_rss_bytes": max(run["peak_rss_bytes"] for run in runs),
+        "peak_rss_exact": all(run["peak_rss_exact"] for run in runs),
     }
 
 
@@ -156,8 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--route", default="/v1/actions")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--videos", type=float, nargs="+", default=[10.0, 300.0], help="video lengths, seconds")
-    p.add_argument("--seconds", type=float, nargs="+", default=[40.0, 90.0],
-                   help="how long clients keep posting, per video length")
+    p.add_argument("--seconds", type=float, nargs="+", default=[45.0, 120.0],
+                   help="how long clients keep posting, per video length (split over the rounds)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds per video length, each running every client "
+                   "count in turn for its share of --seconds, so that load from other processes hits all alike")
     p.add_argument("--size", default="320x180@24", help="WxH@fps of the generated videos")
     p.add_argument("--providers", default="CPUExecutionProvider",
                    help="AVSCENE_PROVIDERS, e.g. TensorrtExecutionProvider,CUDAExecutionProvider,CPUExecutionProvider")
@@ -182,8 +204,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             base_rss = server.status("VmRSS")
             for length, seconds in zip(args.videos, args.seconds, strict=True):
+                runs: dict[int, list[dict]] = {clients: [] for clients in args.clients}
+                for _ in range(args.rounds):
+                    for clients in args.clients:
+                        runs[clients].append(scenario(server, args.route, videos[length], clients,
+                                                      seconds / args.rounds))
                 for clients in args.clients:
-                    row = {"video_s": length, **scenario(server, args.route, videos[length], clients, seconds)}
+                    row = {"video_s": length, **summarize(clients, runs[clients])}
                     rows.append(row)
                     log.info("%g-s video, %d clients: %s", length, clients,
                              {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
@@ -195,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         row["throughput_x1"] = row["throughput_per_s"] / single["throughput_per_s"] if single["successes"] else None
         row["p95_x1"] = row["p95_s"] / single["p50_s"] if row["p95_s"] and single["p50_s"] else None
         row["p95_x1_p95"] = row["p95_s"] / single["p95_s"] if row["p95_s"] and single["p95_s"] else None
-    result = {"route": args.route, "size": args.size, "providers": args.providers, "env": env, "rows": rows,
+    result = {"route": args.route, "size": args.size, "rounds": args.rounds, "providers": args.providers, "env": env,
+              "rows": rows,
               "server_rss_after_start_bytes": base_rss, "tracebacks_in_server_log": server_log.count("Traceback"),
               "cpu_count": os.cpu_count(), "platform": platform.platform()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -205,13 +233,14 @@ def main(argv: list[str] | None = None) -> int:
         return "-" if v is None else f"{v:.{digits}f}{unit}"
 
     lines = ["| video | clients | answers | throughput (/s) | vs 1 client | p50 | p95 | p95 / 1-client p50 | "
-             "p95 / 1-client p95 | 503 share | slowest 503 | other | peak RSS |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
+             "p95 / 1-client p95 | 503 share | slowest 503 | other | peak RSS | server cores busy | CPU per answer |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
     for r in rows:
         lines.append(f"| {r['video_s']:g} s | {r['clients']} | {r['answers']} | {r['throughput_per_s']:.3f} | "
                      f"{fmt(r['throughput_x1'], 'x')} | {fmt(r['p50_s'])} | {fmt(r['p95_s'])} | "
                      f"{fmt(r['p95_x1'], 'x')} | {fmt(r['p95_x1_p95'], 'x')} | {r['share_503']:.0%} | "
-                     f"{fmt(r['max_503_s'])} | {r['other_statuses'] or '-'} | {r['peak_rss_bytes'] / 2**20:.0f} MiB |")
+                     f"{fmt(r['max_503_s'])} | {r['other_statuses'] or '-'} | {r['peak_rss_bytes'] / 2**20:.0f} MiB | "
+                     f"{r['server_cores']:.2f} | {fmt(r['server_cpu_per_success_s'])} |")
     table = "\n".join(lines) + "\n"
     args.out.with_suffix(".md").write_text(
         f"Command: `python benchmarks/serve_load.py {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n"

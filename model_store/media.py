@@ -241,19 +241,27 @@ class FrameScaler:
 
 
 class _MonoTrack:
-    """Audio frames -> float32 mono chunks at ``rate``, through the filter graph ``av.AudioResampler`` builds
-    (abuffer -> aformat -> abuffersink, which resamples and downmixes with swresample).
+    """Audio frames -> float32 mono chunks at ``rate``, through a filter graph like the one ``av.AudioResampler``
+    builds (abuffer -> aformat -> abuffersink, which resamples and downmixes with swresample), with an
+    ``asetnsamples`` before the sink that hands the output over in blocks of :attr:`BLOCK` samples.
 
-    One output is pulled per pushed frame, and the rest at :meth:`finish`, rather than pulling until the graph says
-    "again" after every frame (an exception each time). A stream whose format, layout or rate changes midway gets a
-    new graph from that frame on (``av.AudioResampler`` raises a ValueError there).
+    The samples are those ``av.AudioResampler`` gives (``asetnsamples`` only regroups them; :func:`decode_span`
+    resamples with ``av.AudioResampler`` and the window tests compare the two exactly), but a 10-s AAC track at
+    44.1 kHz is 431 frames: pulling (an exception when the graph has nothing) and converting each output frame cost
+    more than the resampling itself. So the graph is pulled every :attr:`PULL_EVERY` pushed frames, and each pull
+    takes out whole blocks. A stream whose format, layout or rate changes midway gets a new graph from that frame
+    on (``av.AudioResampler`` raises a ValueError there).
     """
+
+    BLOCK = 8192  # output samples per pulled frame (0.5 s at 16 kHz)
+    PULL_EVERY = 32  # pushed frames between pulls (0.7 s of 44.1 kHz AAC): what the graph holds in between
 
     def __init__(self, rate: int) -> None:
         self.rate = rate
         self.chunks: list[np.ndarray] = []
         self._graph: av.filter.Graph | None = None
         self._key: tuple | None = None
+        self._pushed = 0
 
     def _build(self, frame: av.AudioFrame) -> av.filter.Graph:
         graph = av.filter.Graph()
@@ -261,21 +269,22 @@ class _MonoTrack:
         src = graph.add("abuffer", sample_rate=str(frame.sample_rate), sample_fmt=frame.format.name,
                         channel_layout=frame.layout.name, time_base=str(time_base))
         fmt = graph.add("aformat", sample_rates=str(self.rate), sample_fmts="flt", channel_layouts="mono")
+        blocks = graph.add("asetnsamples", nb_out_samples=str(self.BLOCK), pad="0")
         sink = graph.add("abuffersink")
         src.link_to(fmt)
-        fmt.link_to(sink)
+        fmt.link_to(blocks)
+        blocks.link_to(sink)
         graph.configure()
         return graph
 
-    def _pull(self, limit: int | None = None) -> None:
+    def _pull(self) -> None:
         assert self._graph is not None
-        while limit is None or limit > 0:
+        while True:
             try:
                 out = self._graph.pull()
             except (EOFError, BlockingIOError):
                 return
             self.chunks.append(out.to_ndarray()[0])
-            limit = None if limit is None else limit - 1
 
     def push(self, frame: av.AudioFrame) -> None:
         key = (frame.format.name, frame.layout.name, frame.sample_rate)
@@ -284,7 +293,9 @@ class _MonoTrack:
             self._graph, self._key = self._build(frame), key
         assert self._graph is not None
         self._graph.push(frame)
-        self._pull(limit=1)
+        self._pushed += 1
+        if self._pushed % self.PULL_EVERY == 0:
+            self._pull()
 
     def finish(self) -> list[np.ndarray]:
         if self._graph is not None:

@@ -54,11 +54,19 @@ def resolve_providers(preferred: Sequence[str] = DEFAULT_PROVIDERS) -> list[str 
 
 
 def create_session(
-    path: str | Path, providers: Sequence[str] = DEFAULT_PROVIDERS, intra_op_threads: int = 0
+    path: str | Path, providers: Sequence[str] = DEFAULT_PROVIDERS, intra_op_threads: int = 0,
+    spinning: bool = True,
 ) -> ort.InferenceSession:
+    """A session on the first of ``providers`` that can run here. ``intra_op_threads``: the CPU threads one run
+    uses (0: ORT's choice, one per physical core); ``spinning``: whether those threads busy-wait for work between
+    and within runs (ORT's default; quicker alone, but under concurrent load it burns the cores that decoders and
+    other requests need). The graph runs sequentially, so ORT keeps no inter-op threads."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = intra_op_threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), sess_options=options, providers=resolve_providers(providers))
     log.info("loaded %s on %s", path, session.get_providers())
@@ -99,8 +107,9 @@ def load_model(
     providers: Sequence[str] = DEFAULT_PROVIDERS,
     intra_op_threads: int = 0,
     warmup_batches: Sequence[int] = (1,),
+    spinning: bool = True,
 ) -> LoadedModel:
     manifest, path = store.load(task, version)
-    model = LoadedModel(manifest, create_session(path, providers, intra_op_threads))
+    model = LoadedModel(manifest, create_session(path, providers, intra_op_threads, spinning))
     model.warmup(warmup_batches)
     return model

@@ -17,11 +17,12 @@ from starlette.exceptions import HTTPException
 from app.admission import Work, work
 from app.deps import ServiceDep
 from app.routers import actions, localization
-from app.routers.jobs import respond_async
+from app.routers.jobs import Saved, respond_async
 from app.routers.tracks import job_response, job_store, parse_hide
 from app.schemas import AnalyzeResponse, JobStatus, ModelRef, problem_responses
 from app.service import ServiceState
 from model_store.dsp import Box
+from model_store.media import ProbeInfo
 from model_store.pipelines.action import action_feeds
 from model_store.pipelines.avsync import avsync_feeds, source_heatmaps
 from model_store.pipelines.separation import separated_tracks, separation_feeds
@@ -34,11 +35,12 @@ ANALYSES = ("action", "avsync", "separation")
 
 
 async def analyse(service: ServiceState, request: Request, path: Path, tasks: Sequence[str], top_k: int,
-                  refine: bool, hide: Box | None, wait: bool = False) -> AnalyzeResponse:
+                  refine: bool, hide: Box | None, wait: bool = False,
+                  info: ProbeInfo | None = None) -> AnalyzeResponse:
     """Decode ``path`` once per distinct clip spec of ``tasks``' models (admitted to their budgets: at once, or
     with ``wait`` when there is room), then run the analyses side by side, each through its model's batcher."""
     manifests = {task: service.model(task).manifest for task in tasks}
-    windows = await service.decode_many(path, list(manifests.values()), wait)
+    windows = await service.decode_many(path, list(manifests.values()), wait, info)
     w = work()
     done = 0
 
@@ -124,9 +126,9 @@ async def analyze_video(
     box = parse_hide(hide)
     accepted = await respond_async(request, service, file.file, prefer, "analyze",
                                    job_of(service, request, tasks, top_k or 1, refine, box))
-    if not isinstance(accepted, Path):
+    if not isinstance(accepted, Saved):
         return accepted
     try:
-        return await analyse(service, request, accepted, tasks, top_k or 1, refine, box)
+        return await analyse(service, request, accepted.path, tasks, top_k or 1, refine, box, info=accepted.info)
     finally:
-        accepted.unlink(missing_ok=True)
+        accepted.path.unlink(missing_ok=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Annotated
@@ -21,7 +22,8 @@ from app.admission import Refused
 from app.deps import ServiceDep
 from app.jobs import FINISHED, JobFn, JobNotFound, JobRecord, JobRunner, JobsFull
 from app.schemas import JobStatus, problem_responses
-from app.service import ServiceState, probe_path, save_upload
+from app.service import ServiceState, save_and_probe
+from model_store.media import ProbeInfo
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +62,26 @@ def wants_async(prefer: str | None) -> bool:
                                       for p in prefer.split(","))
 
 
+@dataclass(frozen=True)
+class Saved:
+    """An upload saved to a temporary file (the caller's to delete), and its probe."""
+
+    path: Path
+    info: ProbeInfo
+
+
 async def respond_async(request: Request, service: ServiceState, upload: IO[bytes], prefer: str | None, kind: str,
-                        run: JobFn) -> JSONResponse | Path:
+                        run: JobFn) -> JSONResponse | Saved:
     """Save and probe the upload; when the client prefers an async answer or the video is longer than the threshold
     (or of unknown length), queue ``run`` as a job on it and return the ``202`` answer, else return the saved
-    upload's path (the caller's to delete). A file that fails its probe is refused here, before it becomes a job."""
+    upload and its probe (the file is the caller's to delete). A file that fails its probe is refused here, before
+    it becomes a job."""
     runner = _runner(service)
-    path = await anyio.to_thread.run_sync(save_upload, upload)
+    path, info = await anyio.to_thread.run_sync(save_and_probe, upload, service.media_limits)
     try:
-        info = await anyio.to_thread.run_sync(probe_path, path, service.media_limits)
         long = info.duration_s > service.settings.async_threshold_s or not math.isfinite(info.duration_s)
         if not (wants_async(prefer) or long):
-            return path
+            return Saved(path, info)
         try:
             record = runner.submit(kind, run, upload=path)
         except JobsFull as exc:

@@ -15,7 +15,7 @@ from fastapi.responses import Response
 from app import overlay
 from app.deps import ServiceDep
 from app.schemas import Grid, HeatmapFrame, LocalizationResponse, ModelRef, Peak, problem_responses
-from app.service import save_upload
+from app.service import save_and_probe
 from model_store.heatmaps import Heatmaps
 from model_store.manifest import Manifest
 from model_store.media import Windows
@@ -75,9 +75,9 @@ async def localize_sound(
     manifest = model.manifest
     clip = manifest.clip
     assert service.decode_slots is not None
-    path = await anyio.to_thread.run_sync(save_upload, file.file)
+    path, info = await anyio.to_thread.run_sync(save_and_probe, file.file, service.media_limits)
     try:
-        windows = await service.decode_saved(path, manifest)
+        windows = await service.decode_saved(path, manifest, info)
         duration = float(windows.duration_s)
         if t_s is not None and t_s > duration + 1e-6:
             raise _bad_t(t_s, duration)

@@ -4,7 +4,6 @@ what is heard from off screen (``off_screen``), as tracks kept on disk for downl
 from __future__ import annotations
 
 import logging
-from os import PathLike
 from typing import Annotated
 
 import anyio
@@ -15,7 +14,7 @@ from starlette.exceptions import HTTPException
 from app.deps import ServiceDep
 from app.jobs import FORMATS, Job, JobExpired, JobNotFound, JobStore
 from app.routers import analyze
-from app.routers.jobs import respond_async
+from app.routers.jobs import Saved, respond_async
 from app.routers.tracks import job_response, job_store, parse_hide
 from app.schemas import JobStatus, ModelRef, SeparationJob, problem_responses
 from model_store.pipelines.separation import separated_tracks, separation_feeds
@@ -58,10 +57,12 @@ async def create_separation(
 
     accepted = await respond_async(request, service, file.file, prefer, "separation",
                                    analyze.job_of(service, request, [TASK], 1, False, box, part="separation"))
-    if not isinstance(accepted, PathLike):
+    if not isinstance(accepted, Saved):
         return accepted
-    accepted.unlink(missing_ok=True)  # short enough to answer now (decode_upload saves its own copy)
-    windows = await service.decode_upload(file.file, manifest)
+    try:  # short enough to answer now, from the upload respond_async saved and probed
+        windows = await service.decode_saved(accepted.path, manifest, accepted.info)
+    finally:
+        accepted.path.unlink(missing_ok=True)
     feeds = await anyio.to_thread.run_sync(separation_feeds, windows, manifest.clip, box)
     outputs = await service.batchers[TASK].infer(feeds)
     tracks = await anyio.to_thread.run_sync(separated_tracks, outputs, windows, manifest.clip)

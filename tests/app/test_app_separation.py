@@ -131,10 +131,17 @@ def test_job_lifecycle_and_downloads(client: TestClient, videos: Path) -> None:
     assert np.abs(on + off - ref).max() < 2e-4
     assert np.std(on) > 0.01 and np.std(off) > 0.01
 
+    # FLAC is encoded from the stored WAV on the first download: the same 16-bit samples
+    job_dir = client.app.state.service.jobs.root / job["id"]
+    assert sorted(p.name for p in job_dir.iterdir()) == ["job.json", "off_screen.wav", "on_screen.wav"]
     flac = client.get(job["tracks"]["on_screen"].replace(".wav", ".flac"))
     assert flac.status_code == 200 and flac.headers["content-type"] == "audio/flac"
-    data, sr = sf.read(io.BytesIO(flac.content), dtype="float32")
-    assert sr == 8000 and np.abs(data - on).max() < 1e-4  # both 16-bit; libsndfile scales FLAC slightly apart
+    data, sr = sf.read(io.BytesIO(flac.content), dtype="int16")
+    wav, _ = sf.read(io.BytesIO(client.get(job["tracks"]["on_screen"]).content), dtype="int16")
+    assert sr == 8000 and np.array_equal(data, wav)
+    assert (job_dir / "on_screen.flac").is_file() and not (job_dir / "off_screen.flac").exists()
+    again = client.get(job["tracks"]["on_screen"].replace(".wav", ".flac"), headers={"Range": "bytes=0-3"})
+    assert again.status_code == 206 and again.content == b"fLaC"
 
     part = client.get(job["tracks"]["off_screen"], headers={"Range": "bytes=0-99"})
     assert part.status_code == 206

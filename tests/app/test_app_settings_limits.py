@@ -11,7 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
+from app import service as service_module
 from app.limits import UploadLimitMiddleware
+from app.service import ServiceState
 from app.settings import Settings
 from model_store import DEFAULT_ROOT
 from model_store.runtime import DEFAULT_PROVIDERS
@@ -23,7 +25,7 @@ def test_settings_defaults_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
     s = Settings()
     assert s.model_root == DEFAULT_ROOT and s.model_alias == "production" and s.tasks is None
     assert s.providers == list(DEFAULT_PROVIDERS)
-    assert (s.max_batch, s.batch_timeout_ms, s.max_concurrent_decodes) == (16, 5.0, 2)
+    assert (s.max_batch, s.batch_timeout_ms, s.max_concurrent_decodes) == (16, None, 2)
     assert s.max_upload_bytes == 200 << 20
     monkeypatch.setenv("AVSCENE_PROVIDERS", "CUDAExecutionProvider, CPUExecutionProvider")
     monkeypatch.setenv("AVSCENE_TASKS", '["action"]')
@@ -35,6 +37,16 @@ def test_settings_defaults_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AVSCENE_TASKS", "action,juggling")
     with pytest.raises(ValidationError, match="juggling"):
         Settings()
+
+
+def test_decode_threads_share_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """0 (the default): a decode alone gets every core, decodes side by side one each; a setting is taken as is."""
+    monkeypatch.setattr(service_module, "_cores", lambda: 4)
+    state = ServiceState(Settings(decode_threads=0))
+    assert [state.decode_threads() for state.decoding in (0, 1, 2, 3, 7)] == [4, 2, 1, 1, 1]
+    state = ServiceState(Settings(decode_threads=3))
+    assert [state.decode_threads() for state.decoding in (0, 5)] == [3, 3]
+    assert Settings().intra_op_spinning is False and Settings().decode_threads == 0
 
 
 def _run_middleware(chunks: list[bytes], headers: list[tuple[bytes, bytes]], limit: int):
@@ -90,3 +102,14 @@ def test_openapi_documents_every_route(client: TestClient) -> None:
     assert "application/problem+json" in post["responses"]["415"]["content"]
     ok = post["responses"]["200"]["content"]["application/json"]["schema"]
     assert ok["$ref"].endswith("ActionResponse")
+
+
+def test_batch_timeout_waits_only_on_a_gpu() -> None:
+    """Unset, a batch waits 5 ms for more windows on a GPU and not at all on CPU; a setting is taken as is."""
+    from types import SimpleNamespace
+
+    cpu, gpu = SimpleNamespace(providers=["CPUExecutionProvider"]), \
+        SimpleNamespace(providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert service_module.batch_timeout_s(Settings(), cpu) == 0.0
+    assert service_module.batch_timeout_s(Settings(), gpu) == 0.005
+    assert service_module.batch_timeout_s(Settings(batch_timeout_ms=20), cpu) == 0.02

@@ -119,3 +119,16 @@ def test_create_session_direct(onnx_file):
     session = runtime.create_session(onnx_file, providers=["CPUExecutionProvider"], intra_op_threads=1)
     assert [i.name for i in session.get_inputs()] == ["video", "audio"]
     assert [o.name for o in session.get_outputs()] == ["logits", "energy"]
+
+
+def test_create_session_threads_and_spinning(onnx_file):
+    """The service's thread settings reach ORT: intra-op threads, and no busy-waiting between runs when asked."""
+    session = runtime.create_session(onnx_file, providers=["CPUExecutionProvider"], intra_op_threads=2,
+                                     spinning=False)
+    options = session.get_session_options()
+    assert options.intra_op_num_threads == 2
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    default = runtime.create_session(onnx_file, providers=["CPUExecutionProvider"]).get_session_options()
+    assert default.intra_op_num_threads == 0
+    with pytest.raises(Exception, match="allow_spinning"):  # not set: ORT's default (spinning) applies
+        default.get_session_config_entry("session.intra_op.allow_spinning")
