@@ -102,6 +102,27 @@ def step(model: nn.Module, batch, criterion: nn.Module, device: torch.device) ->
     return criterion(logits, label), logits
 
 
+def _scored_batches(model, loader, criterion, device, zero: str | None, spec: ClipSpec | None,
+                    classes: int | None = None):
+    """The validation batches through the model, for :func:`evaluate` and :func:`evaluate_multi_label`: yields
+    ``(loss, logits, clip indices, targets)`` per non-empty batch. uint8 frames are normalised on ``device`` with
+    ``spec``; ``zero`` blanks one modality; with ``classes``, int labels become one-hot targets."""
+    for batch in loader:
+        video, audio, target, ci = batch[:4]
+        if video.dtype == torch.uint8:
+            video = normalize_frames(video.to(device, non_blocking=True), spec)
+        if len(target) == 0:
+            continue
+        if classes is not None and target.dim() == 1:
+            target = nn.functional.one_hot(target, classes).float()
+        if zero == "video":
+            video = torch.zeros_like(video)
+        elif zero == "audio":
+            audio = torch.zeros_like(audio)
+        loss, logits = step(model, (video, audio, target), criterion, device)
+        yield loss, logits, ci, target
+
+
 @torch.inference_mode()
 def evaluate(model, loader, criterion, device, zero: str | None = None,
              spec: ClipSpec | None = None) -> dict[str, float]:
@@ -111,17 +132,7 @@ def evaluate(model, loader, criterion, device, zero: str | None = None,
     probs: dict[int, list[torch.Tensor]] = {}
     labels: dict[int, int] = {}
     loss_sum, n = 0.0, 0
-    for batch in loader:
-        video, audio, label, ci = batch[:4]
-        if video.dtype == torch.uint8:
-            video = normalize_frames(video.to(device, non_blocking=True), spec)
-        if len(label) == 0:
-            continue
-        if zero == "video":
-            video = torch.zeros_like(video)
-        elif zero == "audio":
-            audio = torch.zeros_like(audio)
-        loss, logits = step(model, (video, audio, label), criterion, device)
+    for loss, logits, ci, label in _scored_batches(model, loader, criterion, device, zero, spec):
         loss_sum += loss.item() * len(label)
         n += len(label)
         for p, c, y in zip(logits.softmax(1).cpu(), ci.tolist(), label.tolist(), strict=True):
@@ -152,19 +163,7 @@ def evaluate_multi_label(model, loader, criterion, device, classes: int, zero: s
     scores: dict[int, list[torch.Tensor]] = {}
     targets: dict[int, torch.Tensor] = {}
     loss_sum, n = 0.0, 0
-    for batch in loader:
-        video, audio, target, ci = batch[:4]
-        if video.dtype == torch.uint8:
-            video = normalize_frames(video.to(device, non_blocking=True), spec)
-        if len(target) == 0:
-            continue
-        if target.dim() == 1:
-            target = nn.functional.one_hot(target, classes).float()
-        if zero == "video":
-            video = torch.zeros_like(video)
-        elif zero == "audio":
-            audio = torch.zeros_like(audio)
-        loss, logits = step(model, (video, audio, target), criterion, device)
+    for loss, logits, ci, target in _scored_batches(model, loader, criterion, device, zero, spec, classes):
         loss_sum += loss.item() * len(target)
         n += len(target)
         for p, c, y in zip(logits.float().sigmoid().cpu(), ci.tolist(), target.cpu(), strict=True):
