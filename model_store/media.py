@@ -37,6 +37,11 @@ class MediaError(ValueError):
             self.status = status
 
 
+def _too_long(limits: MediaLimits) -> MediaError:
+    """A decode that ran past the duration limit (probing may miss it: a stream can run longer than it says)."""
+    return MediaError(f"the video runs past {limits.max_duration_s:.0f} s; longer videos are refused", status=413)
+
+
 class DecodeStopped(Exception):
     """The caller's ``stop`` callback asked decoding to end early."""
 
@@ -365,10 +370,7 @@ def decode(source: Source, spec: ClipSpec, limits: MediaLimits = MediaLimits(),
                             t0_video = t
                         rel = t - t0_video
                         if rel > horizon:
-                            raise MediaError(
-                                f"the video runs past {limits.max_duration_s:.0f} s; longer videos are refused",
-                                status=413,
-                            )
+                            raise _too_long(limits)
                         emit_until(rel)
                         prev, prev_rgb = frame, None
                         last_video_t = rel
@@ -651,10 +653,7 @@ def _decode_span(container: av.container.InputContainer, info: ProbeInfo, spec: 
                         t0_video = t_abs
                     rel = t_abs - t0_video
                     if rel > horizon:
-                        raise MediaError(
-                            f"the video runs past {limits.max_duration_s:.0f} s; longer videos are refused",
-                            status=413,
-                        )
+                        raise _too_long(limits)
                     if next_target is None:
                         first_t = rel
                         next_target = 0
