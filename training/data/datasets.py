@@ -82,6 +82,11 @@ def parse_synth_spec(spec: str) -> dict[str, int | str] | None:
     return out
 
 
+def slug(text: str) -> str:
+    """``text`` as a file-name part: runs of anything but letters and digits become one ``_``."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")
+
+
 def resolve_data(spec: str, cache_dir: str | Path = "data/synthav") -> Path:
     """A dataset directory for ``spec``: a path as is, or a SynthAV set rendered once into ``cache_dir``."""
     synth = parse_synth_spec(spec)
@@ -94,7 +99,7 @@ def resolve_data(spec: str, cache_dir: str | Path = "data/synthav") -> Path:
 
     name = f"{synth['kind']}-seed{synth['seed']}-n{synth['n']}"
     if "voices" in synth:  # the folder's path names the set (its content is not hashed: render a new one elsewhere)
-        name += "-voices-" + re.sub(r"[^A-Za-z0-9]+", "_", str(synth["voices"])).strip("_")
+        name += "-voices-" + slug(str(synth["voices"]))
     out = Path(cache_dir) / name
     if not (out / "index.csv").is_file():
         log.info("rendering %s into %s", spec, out)

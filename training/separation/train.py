@@ -25,7 +25,6 @@ import dataclasses
 import logging
 import math
 import os
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from torch.nn import functional as F
 
 from model_store.manifest import ClipSpec
 from model_store.media import normalize_video
-from training.data.datasets import load_clips, read_records, resolve_data
+from training.data.datasets import load_clips, read_records, resolve_data, slug
 from training.engine import Loop, Run, RunOptions, fit_to_best, val_metrics
 from training.models import clip_spec_for, create_model, model_config
 from training.utils import load_checkpoint
@@ -211,7 +210,7 @@ def load_sources(spec_str: str, clip: ClipSpec, data: SepDataConfig, progress: b
     if Path(root).is_dir():
         cache = Path(root) / f"{key}.npz"
     else:  # a manifest (maybe with #split): its own file in the cache folder
-        cache = Path(data.cache_dir) / f"{re.sub(r'[^A-Za-z0-9]+', '_', str(spec_str)).strip('_')}-{key}.npz"
+        cache = Path(data.cache_dir) / f"{slug(str(spec_str))}-{key}.npz"
     if cache.is_file():
         z = np.load(cache, allow_pickle=False)
         n = int(z["n"])
