@@ -175,18 +175,12 @@ def _synthesise(sp: Speaker, texts: Sequence[str], tmp: Path) -> list[Path]:
 
 def _resample(x: np.ndarray, sr: int, factor: float) -> np.ndarray:
     """``x`` at ``sr`` read as if recorded at ``sr * factor``, back at ``SAMPLE_RATE``: pitch and tempo x factor."""
-    from scipy.signal import resample_poly
-
-    ratio = SAMPLE_RATE / (sr * factor)
-    frac = _fraction(ratio)
-    return resample_poly(x, frac[0], frac[1])
-
-
-def _fraction(ratio: float, limit: int = 400) -> tuple[int, int]:
     from fractions import Fraction
 
-    f = Fraction(ratio).limit_denominator(limit)
-    return f.numerator, f.denominator
+    from scipy.signal import resample_poly
+
+    ratio = Fraction(SAMPLE_RATE / (sr * factor)).limit_denominator(400)
+    return resample_poly(x, ratio.numerator, ratio.denominator)
 
 
 def _trim(x: np.ndarray, sr: int) -> np.ndarray:
