@@ -13,7 +13,9 @@ to one client's, measured in the same run), p50/p95/max latency of the successes
 their slowest latency, any other status, the server's peak RSS (``VmHWM`` of the server process, reset
 before each scenario through ``/proc/<pid>/clear_refs``; sampled RSS where that is not allowed), and the CPU the
 server used (``server cores busy``: its CPU seconds over the wall seconds; ``CPU per answer``: over the successes),
-which says whether more clients found idle cores or the machine, shared with other jobs, had none left.
+which says whether more clients found idle cores or the machine, shared with other jobs, had none left; beside it
+the cores the clients themselves used (this process: they share the machine with the server) and the cores busy
+with anything else (``/proc/stat``), so that a throughput limit can be told from a machine that had no core left.
 
 Targets (issue #15, on a 2-core machine): 8 clients >= 1.5x the throughput of 1; with 32 clients every answer
 is a success or a 503 within 2 s, p95 of the successes under 4x one client's latency, peak RSS under 1.5 GB with
@@ -136,17 +138,26 @@ def scenario(server: Server, route: str, video: bytes, clients: int, seconds: fl
     exact = server.reset_peak()
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    t0, cpu0 = time.perf_counter(), server.cpu_s()
+    t0, cpu0, own0, busy0 = time.perf_counter(), server.cpu_s(), time.process_time(), machine_busy_s()
     threads = [threading.Thread(target=client) for _ in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     elapsed, cpu = time.perf_counter() - t0, server.cpu_s() - cpu0
+    clients_cpu, machine_cpu = time.process_time() - own0, machine_busy_s() - busy0
     sampling.set()
     sampler.join()
     peak = server.status("VmHWM") if exact else peak_sampled[0]
-    return {"results": results, "seconds": elapsed, "cpu_s": cpu, "peak_rss_bytes": peak, "peak_rss_exact": exact}
+    return {"results": results, "seconds": elapsed, "cpu_s": cpu, "clients_cpu_s": clients_cpu,
+            "machine_cpu_s": machine_cpu, "peak_rss_bytes": peak, "peak_rss_exact": exact}
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all cores of the machine have spent busy so far (``/proc/stat``: everything but idle and
+    iowait), so a scenario can say how many cores were left over for the server."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def summarize(clients: int, runs: list[dict]) -> dict:
@@ -154,13 +165,17 @@ def summarize(clients: int, runs: list[dict]) -> dict:
     results = [r for run in runs for r in run["results"]]
     elapsed = sum(run["seconds"] for run in runs)
     cpu = sum(run["cpu_s"] for run in runs)
+    clients_cpu = sum(run["clients_cpu_s"] for run in runs)
+    machine_cpu = sum(run["machine_cpu_s"] for run in runs)
     ok = np.array([lat for s, lat in results if s == 200])
     refused = np.array([lat for s, lat in results if s == 503])
     other = sorted({s for s, _ in results if s not in (200, 503)})
     return {
         "clients": clients, "rounds": len(runs), "seconds": elapsed, "answers": len(results),
         "successes": int(len(ok)), "throughput_per_s": len(ok) / elapsed,
-        "server_cores": cpu / elapsed, "server_cpu_per_success_s": cpu / len(ok) if len(ok) else None,
+        "server_cores": cpu / elapsed, "client_cores": clients_cpu / elapsed,
+        "other_cores": max(0.0, machine_cpu - cpu - clients_cpu) / elapsed,
+        "server_cpu_per_success_s": cpu / len(ok) if len(ok) else None,
         "p50_s": float(np.percentile(ok, 50)) if len(ok) else None,
         "p95_s": float(np.percentile(ok, 95)) if len(ok) else None,
         "max_s": float(ok.max()) if len(ok) else None,
@@ -233,14 +248,17 @@ def main(argv: list[str] | None = None) -> int:
         return "-" if v is None else f"{v:.{digits}f}{unit}"
 
     lines = ["| video | clients | answers | throughput (/s) | vs 1 client | p50 | p95 | p95 / 1-client p50 | "
-             "p95 / 1-client p95 | 503 share | slowest 503 | other | peak RSS | server cores busy | CPU per answer |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
+             "p95 / 1-client p95 | 503 share | slowest 503 | other | peak RSS | server cores busy | CPU per answer | "
+             "client cores busy | other processes' cores |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: "
+             "| ---: | ---: |"]
     for r in rows:
         lines.append(f"| {r['video_s']:g} s | {r['clients']} | {r['answers']} | {r['throughput_per_s']:.3f} | "
                      f"{fmt(r['throughput_x1'], 'x')} | {fmt(r['p50_s'])} | {fmt(r['p95_s'])} | "
                      f"{fmt(r['p95_x1'], 'x')} | {fmt(r['p95_x1_p95'], 'x')} | {r['share_503']:.0%} | "
                      f"{fmt(r['max_503_s'])} | {r['other_statuses'] or '-'} | {r['peak_rss_bytes'] / 2**20:.0f} MiB | "
-                     f"{r['server_cores']:.2f} | {fmt(r['server_cpu_per_success_s'])} |")
+                     f"{r['server_cores']:.2f} | {fmt(r['server_cpu_per_success_s'])} | {r['client_cores']:.2f} | "
+                     f"{r['other_cores']:.2f} |")
     table = "\n".join(lines) + "\n"
     args.out.with_suffix(".md").write_text(
         f"Command: `python benchmarks/serve_load.py {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n"
