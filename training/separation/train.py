@@ -308,6 +308,24 @@ def augment(on: np.ndarray, off: np.ndarray, aug: AugConfig, sr: int, rng: np.ra
     return on, off
 
 
+def mix_voices(on: np.ndarray, off: np.ndarray, level_db: float, gain: float, aug: AugConfig | None, sr: int,
+               rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One mixture of two clean voice windows: ``off`` brought to ``level_db`` relative to ``on`` (by RMS), both
+    recorded under ``aug``'s conditions drawn from ``rng`` (None: as they are), times ``gain``, scaled down together
+    where the mixture's peak passes 0.99. The in-RAM batches and the streamed items mix with it alike.
+
+    Shape: on (S,), off (S,) -> mixture (S,) float32, refs (2, S) float32 (on, off; they sum to the mixture)
+    """
+    off = off * (_rms(on) / _rms(off) * 10.0 ** (level_db / 20.0))
+    if rng is not None:
+        on, off = augment(on, off, aug, sr, rng)
+    on, off = on * gain, off * gain
+    peak = np.abs(on + off).max()
+    if peak > 0.99:
+        on, off = on * (0.99 / peak), off * (0.99 / peak)
+    return (on + off).astype(np.float32), np.stack([on, off]).astype(np.float32)
+
+
 def make_batch(src: SourceSet, clip: ClipSpec, mix: MixConfig, rng: np.random.Generator, size: int,
                keep: Sequence[int] | None = None, aug: AugConfig | None = None
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -340,17 +358,12 @@ def make_batch(src: SourceSet, clip: ClipSpec, mix: MixConfig, rng: np.random.Ge
     for k, i, f0, a0, own, j, b0, level, gain in drawn:
         on = _window(src.on[i], a0, S)
         off = _window(src.off[i], a0, S) if own else _window(src.on[j], b0, S)
-        off = off * (_rms(on) / _rms(off) * 10.0 ** (level / 20.0))
-        if batch_seed is not None:
-            on, off = augment(on, off, aug, clip.sample_rate, np.random.default_rng([batch_seed, k]))
-        on, off = on * gain, off * gain
-        peak = np.abs(on + off).max()
-        if peak > 0.99:
-            on, off = on * (0.99 / peak), off * (0.99 / peak)
+        conditions = np.random.default_rng([batch_seed, k]) if batch_seed is not None else None
+        mixture, ref = mix_voices(on, off, level, gain, aug, clip.sample_rate, conditions)
         idx = np.minimum(np.arange(f0, f0 + T), len(src.frames[i]) - 1)
         videos.append(normalize_video(src.frames[i][idx], clip))
-        mixes.append((on + off).astype(np.float32))
-        refs.append(np.stack([on, off]).astype(np.float32))
+        mixes.append(mixture)
+        refs.append(ref)
     return torch.from_numpy(np.stack(videos)), torch.from_numpy(np.stack(mixes)), torch.from_numpy(np.stack(refs))
 
 
