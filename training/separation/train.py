@@ -469,14 +469,15 @@ def train_separation(cfg: SeparationTrainConfig) -> dict[str, Any]:
     clip = clip_spec_for(cfg.model, cfg.window_hop_s, stft=True)
     from training.separation import stream as sep_stream  # (imported here: it builds on this module's mixing)
 
-    streaming, val_streamed = streams(cfg.data.train), is_manifest(cfg.data.val)
+    manifest = streamed_manifest(cfg.data.train)
+    streaming, val_streamed = manifest is not None, is_manifest(cfg.data.val)
     with run.main_first():  # the in-RAM sets: rank 0 decodes and caches them, the others read its cache
         if not streaming:
             train_src = pooled_sources(cfg.data.train, clip, cfg.data, cfg.progress)
         if not val_streamed:
             val_src = load_sources(cfg.data.val, clip, cfg.data, cfg.progress)
     if streaming:
-        train_voices = sep_stream.Voices(read_manifest(cfg.data.train))
+        train_voices = sep_stream.Voices(read_manifest(manifest))
         train_cache = find_cache(train_voices.table, clip, cfg.stream)
     if val_streamed:  # this rank's share of the fixed mixtures, decoded once (bounded by data.val_windows)
         val_voices = sep_stream.Voices(read_manifest(cfg.data.val, val=True))
@@ -488,7 +489,7 @@ def train_separation(cfg: SeparationTrainConfig) -> dict[str, Any]:
                for _ in range(math.ceil(cfg.data.val_windows / 16))]
     if streaming:
         log.info("separation: %d voices of %d speakers streamed from %s, %d process(es)", len(train_voices),
-                 train_voices.speakers, cfg.data.train, run.world_size)
+                 train_voices.speakers, manifest, run.world_size)
 
     model = create_model(cfg.model).to(device)
     init_info = None
@@ -600,12 +601,13 @@ def train_separation(cfg: SeparationTrainConfig) -> dict[str, Any]:
     return result
 
 
-def streams(train: str | Sequence[str]) -> bool:
-    """Whether ``data.train`` is streamed: a prepared manifest (``MANIFEST.csv[#SPLIT]``), given alone. A list that
-    holds a manifest is refused: the streamed and the in-RAM paths do not pool."""
+def streamed_manifest(train: str | Sequence[str]) -> str | None:
+    """The manifest ``data.train`` streams from: a prepared manifest (``MANIFEST.csv[#SPLIT]``) given alone (or as a
+    list of one); None for the in-RAM sets. A list that holds a manifest among other sets is refused: the streamed
+    and the in-RAM paths do not pool."""
     specs = [train] if isinstance(train, str) else list(train)
-    manifests = [s for s in specs if is_manifest(s)]
+    manifests = [str(s) for s in specs if is_manifest(s)]
     if manifests and len(specs) > 1:
         raise ValueError(f"data.train lists {manifests[0]}, a manifest, among {len(specs)} sets: a manifest is "
                          "streamed and trains alone (prepare one manifest of all the collections to pool them)")
-    return bool(manifests)
+    return manifests[0] if manifests else None

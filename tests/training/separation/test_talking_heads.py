@@ -24,7 +24,7 @@ from training.data.streaming import StreamOptions, frame_start
 from training.data.synthav import write_video
 from training.models import clip_spec_for
 from training.separation.stream import MixWindows, StepMixes, Voices, mix_loader
-from training.separation.train import AugConfig, MixConfig, mix_voices, streams
+from training.separation.train import AugConfig, MixConfig, mix_voices, streamed_manifest
 from training.utils import load_checkpoint
 
 CLIP = clip_spec_for("separation_tiny_assign", 0.75, stft=True)
@@ -153,14 +153,13 @@ def test_clips_without_a_voice_never_take_part_and_broken_files_are_replaced(hea
     assert failures == 1 and quiet == 0 and lost  # no retry left: lost (which stops a run)
 
 
-def test_a_manifest_streams_alone():
-    assert not streams("synthav:seed=1,n=4,kind=speech") and not streams(["synthav:seed=1,n=4,kind=speech"])
-
-
-def test_a_manifest_pooled_with_other_sets_is_refused(heads_manifest):
-    assert streams(str(heads_manifest[0]))
+def test_a_manifest_streams_alone_and_synthav_sets_stay_in_ram(heads_manifest):
+    synth = "synthav:seed=1,n=4,kind=speech"
+    assert streamed_manifest(synth) is None and streamed_manifest([synth, synth]) is None
+    manifest = str(heads_manifest[0])
+    assert streamed_manifest(manifest) == streamed_manifest([manifest]) == manifest
     with pytest.raises(ValueError, match="a manifest is streamed and trains alone"):
-        streams([str(heads_manifest[0]), "synthav:seed=1,n=4,kind=speech"])
+        streamed_manifest([manifest, synth])
 
 
 # ------------------------------------------------------------------------------------------------ training
