@@ -119,6 +119,23 @@ def test_a_streamed_mixture_is_its_two_windows_cut_from_full_decodes(heads_manif
     assert float(refs[0].abs().max()) > 1e-3 and float(refs[1].abs().max()) > 1e-3
 
 
+def test_mixtures_from_the_decoded_cache_are_the_decoded_ones(heads_layout, tmp_path):
+    """``prepare --cache`` at the separation model's clip spec: the items are cut from the cache, the same."""
+    from training.data.prepare import prepare
+    from training.data.streaming import find_cache
+
+    manifest = tmp_path / "heads.csv"
+    prepare(heads_layout[0], manifest, workers=1, progress=False, cache=[CLIP])
+    voices = Voices(read_manifest(manifest))
+    cache = find_cache(voices.table, CLIP)
+    assert cache is not None and len(cache) == len(voices.table)
+    with_cache = MixWindows(voices, CLIP, MixConfig(), AugConfig(noise=0.5), seed=2, cache=cache)
+    without = MixWindows(voices, CLIP, MixConfig(), AugConfig(noise=0.5), seed=2)
+    for item in [(0, 0), (0, 1), (3, 2)]:
+        assert all(torch.equal(torch.as_tensor(a), torch.as_tensor(b))
+                   for a, b in zip(with_cache[item], without[item], strict=True))
+
+
 def test_streamed_batches_do_not_depend_on_the_number_of_workers(heads_with_bad):
     voices = Voices(read_manifest(heads_with_bad[0]))
     dataset = MixWindows(voices, CLIP, MixConfig(), AugConfig(reverb=0.5, noise=0.5, band=0.5), seed=5)
