@@ -8,7 +8,11 @@ voice, at a random relative level in ``mix.level_db``. Validation uses fixed mix
 Real talking-head collections (``prepare``'s manifests of ``<speaker>/<video>/<clip>.mp4``) have no clean
 tracks: there a clip's own soundtrack is its on-screen voice and the off-screen voice is always another
 *speaker's* clip (mix-and-separate); give ``data.train`` and ``data.val`` the manifest's two splits
-(``MANIFEST.csv#train``, ``MANIFEST.csv#val``), which ``prepare --val-fraction`` makes speaker-disjoint.
+(``MANIFEST.csv#train``, ``MANIFEST.csv#val``), which ``prepare --val-fraction`` makes speaker-disjoint. A manifest
+is **streamed** (:mod:`training.separation.stream`, settings ``stream.*``): each mixture's two windows are sought and
+decoded in DataLoader workers, clips without audio are never voices, files that fail are replaced and counted, and
+validation decodes its ``data.val_windows`` fixed mixtures once. SynthAV sets and dataset directories (with their
+clean tracks) are decoded into RAM once (cached as .npz) and a list of them is pooled.
 
 Loss (``loss.*``): the paper's L1 on log-magnitude spectrograms of both outputs (our outputs are masks on the
 mixture's STFT, so the "phase term" is the mixture's phase, kept) plus ``loss.sisdr`` times the negative
@@ -37,7 +41,9 @@ from torch.nn import functional as F
 
 from model_store.manifest import ClipSpec
 from model_store.media import normalize_video
+from training.data.collection import is_manifest, read_manifest
 from training.data.datasets import load_clips, read_records, resolve_data, slug
+from training.data.streaming import FailureMeter, StreamOptions, find_cache, normalize_frames
 from training.engine import Loop, Run, RunOptions, fit_to_best, val_metrics
 from training.models import clip_spec_for, create_model, model_config
 from training.utils import load_checkpoint
@@ -49,11 +55,12 @@ EPS = 1e-8  # SI-SDR: added to both energies so that silent windows give finite 
 
 @dataclass
 class SepDataConfig:
-    train: str | list[str] = "synthav:seed=1,n=1000,kind=speech"  # a list: the sets pooled
+    # a list: the sets pooled (decoded into RAM); a manifest (prepare's MANIFEST.csv[#SPLIT]) alone: streamed
+    train: str | list[str] = "synthav:seed=1,n=1000,kind=speech"
     val: str = "synthav:seed=2,n=48,kind=speech"
     cache_dir: str = "data/synthav"
-    workers: int = 2
-    val_windows: int = 96
+    workers: int = 2  # decoding processes of the in-RAM path
+    val_windows: int = 96  # fixed validation mixtures (from a manifest: the only windows of data.val decoded)
 
 
 @dataclass
@@ -118,6 +125,7 @@ class SeparationTrainConfig(RunOptions):
     aug: AugConfig = field(default_factory=AugConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: SepOptimConfig = field(default_factory=SepOptimConfig)
+    stream: StreamOptions = field(default_factory=StreamOptions)  # when data.train / data.val is a manifest
     window_hop_s: float = 0.75  # sliding-window hop recorded in the clip spec (overlap-add at inference)
     out: str = "runs/separation"
 
@@ -308,6 +316,24 @@ def augment(on: np.ndarray, off: np.ndarray, aug: AugConfig, sr: int, rng: np.ra
     return on, off
 
 
+def mix_voices(on: np.ndarray, off: np.ndarray, level_db: float, gain: float, aug: AugConfig | None, sr: int,
+               rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One mixture of two clean voice windows: ``off`` brought to ``level_db`` relative to ``on`` (by RMS), both
+    recorded under ``aug``'s conditions drawn from ``rng`` (None: as they are), times ``gain``, scaled down together
+    where the mixture's peak passes 0.99. The in-RAM batches and the streamed items mix with it alike.
+
+    Shape: on (S,), off (S,) -> mixture (S,) float32, refs (2, S) float32 (on, off; they sum to the mixture)
+    """
+    off = off * (_rms(on) / _rms(off) * 10.0 ** (level_db / 20.0))
+    if rng is not None:
+        on, off = augment(on, off, aug, sr, rng)
+    on, off = on * gain, off * gain
+    peak = np.abs(on + off).max()
+    if peak > 0.99:
+        on, off = on * (0.99 / peak), off * (0.99 / peak)
+    return (on + off).astype(np.float32), np.stack([on, off]).astype(np.float32)
+
+
 def make_batch(src: SourceSet, clip: ClipSpec, mix: MixConfig, rng: np.random.Generator, size: int,
                keep: Sequence[int] | None = None, aug: AugConfig | None = None
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -340,17 +366,12 @@ def make_batch(src: SourceSet, clip: ClipSpec, mix: MixConfig, rng: np.random.Ge
     for k, i, f0, a0, own, j, b0, level, gain in drawn:
         on = _window(src.on[i], a0, S)
         off = _window(src.off[i], a0, S) if own else _window(src.on[j], b0, S)
-        off = off * (_rms(on) / _rms(off) * 10.0 ** (level / 20.0))
-        if batch_seed is not None:
-            on, off = augment(on, off, aug, clip.sample_rate, np.random.default_rng([batch_seed, k]))
-        on, off = on * gain, off * gain
-        peak = np.abs(on + off).max()
-        if peak > 0.99:
-            on, off = on * (0.99 / peak), off * (0.99 / peak)
+        conditions = np.random.default_rng([batch_seed, k]) if batch_seed is not None else None
+        mixture, ref = mix_voices(on, off, level, gain, aug, clip.sample_rate, conditions)
         idx = np.minimum(np.arange(f0, f0 + T), len(src.frames[i]) - 1)
         videos.append(normalize_video(src.frames[i][idx], clip))
-        mixes.append((on + off).astype(np.float32))
-        refs.append(np.stack([on, off]).astype(np.float32))
+        mixes.append(mixture)
+        refs.append(ref)
     return torch.from_numpy(np.stack(videos)), torch.from_numpy(np.stack(mixes)), torch.from_numpy(np.stack(refs))
 
 
@@ -366,14 +387,17 @@ def _window(x: np.ndarray, start: int, length: int) -> np.ndarray:
 
 @torch.inference_mode()
 def evaluate(model, val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], cfg: SeparationTrainConfig,
-             device, pit: bool) -> dict[str, float]:
+             device, pit: bool, clip: ClipSpec | None = None) -> dict[str, float]:
     """SI-SDR improvement over the mixture on fixed mixtures. Audio-only models: the better output order (an
     oracle); ``assign`` models: the order their sync head chooses, with ``assign_acc`` the share of windows where
-    it matches the better order and ``oracle_si_sdri`` the mean improvement under the better order."""
+    it matches the better order and ``oracle_si_sdri`` the mean improvement under the better order. uint8 frames
+    (streamed mixtures) are normalised on ``device`` with ``clip``."""
     model.eval()
     assign = bool(getattr(model.cfg, "assign", False))
     imp_on, imp_off, losses, agree, oracle = [], [], [], [], []
     for video, mixture, refs in val:
+        if video.dtype == torch.uint8:
+            video = normalize_frames(video.to(device), clip)
         video, mixture, refs = video.to(device), mixture.to(device), refs.to(device)
         loss, est = separation_loss(model, video, mixture, refs, cfg.loss, pit)
         losses.append(loss.item())
@@ -443,12 +467,29 @@ def train_separation(cfg: SeparationTrainConfig) -> dict[str, Any]:
     mcfg = model_config(cfg.model)
     pit = bool(mcfg.audio_only or mcfg.assign)  # the separation loss is permutation-invariant
     clip = clip_spec_for(cfg.model, cfg.window_hop_s, stft=True)
-    with run.main_first():
-        train_src = pooled_sources(cfg.data.train, clip, cfg.data, cfg.progress)
-        val_src = load_sources(cfg.data.val, clip, cfg.data, cfg.progress)
-    val_rng = np.random.default_rng(12345)
-    val = [make_batch(val_src, clip, cfg.mix, val_rng, 16, aug=cfg.aug)
-           for _ in range(math.ceil(cfg.data.val_windows / 16))]
+    from training.separation import stream as sep_stream  # (imported here: it builds on this module's mixing)
+
+    manifest = streamed_manifest(cfg.data.train)
+    streaming, val_streamed = manifest is not None, is_manifest(cfg.data.val)
+    with run.main_first():  # the in-RAM sets: rank 0 decodes and caches them, the others read its cache
+        if not streaming:
+            train_src = pooled_sources(cfg.data.train, clip, cfg.data, cfg.progress)
+        if not val_streamed:
+            val_src = load_sources(cfg.data.val, clip, cfg.data, cfg.progress)
+    if streaming:
+        train_voices = sep_stream.Voices(read_manifest(manifest))
+        train_cache = find_cache(train_voices.table, clip, cfg.stream)
+    if val_streamed:  # this rank's share of the fixed mixtures, decoded once (bounded by data.val_windows)
+        val_voices = sep_stream.Voices(read_manifest(cfg.data.val, val=True))
+        val = sep_stream.val_batches(val_voices, clip, cfg.mix, cfg.aug, cfg.stream, cfg.data.val_windows, run.rank,
+                                     run.world_size, cache=find_cache(val_voices.table, clip, cfg.stream))
+    else:
+        val_rng = np.random.default_rng(12345)
+        val = [make_batch(val_src, clip, cfg.mix, val_rng, 16, aug=cfg.aug)
+               for _ in range(math.ceil(cfg.data.val_windows / 16))]
+    if streaming:
+        log.info("separation: %d voices of %d speakers streamed from %s, %d process(es)", len(train_voices),
+                 train_voices.speakers, manifest, run.world_size)
 
     model = create_model(cfg.model).to(device)
     init_info = None
@@ -468,13 +509,33 @@ def train_separation(cfg: SeparationTrainConfig) -> dict[str, Any]:
 
     train_step = run.wrap(forward, model)
     rng = np.random.default_rng(cfg.seed)  # the global batch stream, the same on every rank
+    meter = FailureMeter(cfg.stream, run.reduce_sums)  # streamed mixtures whose files failed, over all ranks
     st: dict[str, Any] = {"history": [], "best": None, "seconds": 0.0, "round": {"loss": 0.0, "sdr": 0.0, "n": 0}}
     t_round = time.perf_counter()
+    stream: dict[str, Any] = {"next": None, "it": None}  # the streamed batches' iterator and the step it yields next
 
-    def one_step(_i: int) -> tuple[torch.Tensor, dict[str, float], int]:
-        mine = run.shard(range(cfg.optim.batch_size))
-        video, mixture, refs = (x.to(device) for x in make_batch(train_src, clip, cfg.mix, rng,
-                                                                 cfg.optim.batch_size, keep=mine, aug=cfg.aug))
+    def streamed_batch(i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float]]:
+        if stream["next"] != i:  # first step, or after a resume: batches from step i on (a pure function of i)
+            mine = run.shard(range(cfg.optim.batch_size))
+            dataset = sep_stream.MixWindows(train_voices, clip, cfg.mix, cfg.aug, cfg.seed, cfg.stream,
+                                            cache=train_cache)
+            stream["it"] = iter(sep_stream.mix_loader(dataset, sep_stream.StepMixes(i, cfg.optim.steps, mine),
+                                                      cfg.stream, device.type == "cuda", cfg.seed * 100_003 + i))
+        frames, mixture, refs, _, _, failures, silent, lost = next(stream["it"])
+        stream["next"] = i + 1
+        skipped = meter.update(len(lost) - int(lost.sum()), int(failures.sum()), int(lost.sum()))
+        video = normalize_frames(frames.to(device, non_blocking=True), clip)  # uint8 over the bus
+        return (video, mixture.to(device, non_blocking=True), refs.to(device, non_blocking=True),
+                {"skipped": skipped, "silent": float(silent.sum())})
+
+    def one_step(i: int) -> tuple[torch.Tensor, dict[str, float], int]:
+        logs: dict[str, float] = {}
+        if streaming:
+            video, mixture, refs, logs = streamed_batch(i)
+        else:
+            mine = run.shard(range(cfg.optim.batch_size))
+            video, mixture, refs = (x.to(device) for x in make_batch(train_src, clip, cfg.mix, rng,
+                                                                     cfg.optim.batch_size, keep=mine, aug=cfg.aug))
         loss, est = train_step(video, mixture, refs)
         with torch.no_grad():
             sdr = si_sdr(est[:, 0].float(), refs[:, 0]).mean().item()
@@ -482,13 +543,14 @@ def train_separation(cfg: SeparationTrainConfig) -> dict[str, Any]:
         r["loss"] += loss.item()
         r["sdr"] += sdr
         r["n"] += 1
-        return loss, {"loss": loss.item(), "si_sdr_on": sdr}, len(mine)
+        return loss, {"loss": loss.item(), "si_sdr_on": sdr, **logs}, len(refs)
 
     def validate() -> dict[str, float]:
         if not run.distributed:
-            return evaluate(model, val, cfg, device, pit)
-        mine = [tuple(x[run.rank::run.world_size] for x in b) for b in val]  # every batch's windows, split
-        va = evaluate(model, mine, cfg, device, pit)
+            return evaluate(model, val, cfg, device, pit, clip)
+        # every batch's windows, split (streamed: each rank decoded its share only)
+        mine = val if val_streamed else [tuple(x[run.rank::run.world_size] for x in b) for b in val]
+        va = evaluate(model, mine, cfg, device, pit, clip)
         n = float(sum(len(b[1]) for b in mine))
         sums = run.reduce_sums({"n": n, **{k: v * n for k, v in va.items()}})
         total = sums.pop("n")
@@ -521,7 +583,31 @@ def train_separation(cfg: SeparationTrainConfig) -> dict[str, Any]:
                 "pit": bool(mcfg.audio_only),  # scored with an oracle output order
                 "init_avsync": init_info or {}}
 
+    def state() -> dict[str, Any]:
+        return {**st, "stream": meter.state()} if streaming else dict(st)
+
+    def load_state(d: dict[str, Any]) -> None:
+        st.update({k: v for k, v in d.items() if k != "stream"})
+        if "stream" in d:
+            meter.load_state(d["stream"])
+        stream["next"] = None
+
     loop = Loop(models=[model], optimizers=[optimizer], schedulers=[scheduler], steps=cfg.optim.steps,
-                round_steps=cfg.optim.eval_every, step=one_step, round_end=round_end, state=lambda: dict(st),
-                load_state=st.update, generators={"batches": rng}, clip_grad=5.0, payload=provenance)
-    return fit_to_best(run, loop, st, at="step")
+                round_steps=cfg.optim.eval_every, step=one_step, round_end=round_end, state=state,
+                load_state=load_state, generators={"batches": rng}, clip_grad=5.0, payload=provenance)
+    result = fit_to_best(run, loop, st, at="step")
+    if streaming:
+        result.update(windows_drawn=meter.windows, windows_skipped=meter.failures)
+    return result
+
+
+def streamed_manifest(train: str | Sequence[str]) -> str | None:
+    """The manifest ``data.train`` streams from: a prepared manifest (``MANIFEST.csv[#SPLIT]``) given alone (or as a
+    list of one); None for the in-RAM sets. A list that holds a manifest among other sets is refused: the streamed
+    and the in-RAM paths do not pool."""
+    specs = [train] if isinstance(train, str) else list(train)
+    manifests = [str(s) for s in specs if is_manifest(s)]
+    if manifests and len(specs) > 1:
+        raise ValueError(f"data.train lists {manifests[0]}, a manifest, among {len(specs)} sets: a manifest is "
+                         "streamed and trains alone (prepare one manifest of all the collections to pool them)")
+    return manifests[0] if manifests else None
