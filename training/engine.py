@@ -54,6 +54,14 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RESUME_FREE = ("resume", "overwrite", "progress", "threads", "device", "checkpoint_every", "log_every", "stop_after")
 
 
+
+def _defaults(cls: type) -> dict[str, Any]:
+    """A config class's defaults, as ``dataclasses.asdict`` gives them ({} when a field has none)."""
+    try:
+        return dataclasses.asdict(cls())
+    except TypeError:
+        return {}
+
 class RunError(RuntimeError):
     """A run cannot start as configured (its directory holds another run, a resume does not fit, ...)."""
 
@@ -191,7 +199,10 @@ class Run:
         if resume is not None:
             saved = load_checkpoint(resume).get("config", {})
             now = dataclasses.asdict(cfg)
-            diff = sorted(k for k in set(saved) | set(now) if k not in RESUME_FREE and saved.get(k) != now.get(k))
+            defaults = _defaults(type(cfg))
+            # a setting added after the run began (absent from its checkpoint) is no difference at its default
+            diff = sorted(k for k in set(saved) | set(now) if k not in RESUME_FREE and saved.get(k) != now.get(k)
+                          and not (k not in saved and k in defaults and now.get(k) == defaults[k]))
             if diff:
                 raise RunError(f"resume from {resume}: the config differs in {', '.join(diff)}")
         out.mkdir(parents=True, exist_ok=True)

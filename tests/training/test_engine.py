@@ -137,6 +137,21 @@ def test_a_run_directory_is_not_overwritten(uninterrupted):
                  "resume=auto"])
 
 
+def test_a_setting_added_after_a_run_began_resumes_at_its_default(uninterrupted, tmp_path):
+    """A run whose checkpoint predates a setting (here: ``stream``, absent from its saved config) resumes when the
+    setting keeps its default, and is refused when it does not."""
+    _, args, full = uninterrupted["separation"]
+    out = tmp_path / "run"
+    run_cli([*args, f"out={out}", "stop_after=5"])
+    ckpt = torch.load(out / "last.pt", weights_only=False)
+    del ckpt["config"]["stream"]
+    torch.save(ckpt, out / "last.pt")
+    with pytest.raises(RunError, match="config differs in stream"):
+        run_cli([*args, f"out={out}", "resume=auto", "stream.workers=0"])
+    again = run_cli([*args, f"out={out}", "resume=auto"])
+    assert again["step"] == full["step"] and load_checkpoint(out / "last.pt")["finished"]
+
+
 def test_sigterm_leaves_a_loadable_last_pt_and_the_run_resumes(action_ds, tmp_path):
     """A real process, a real SIGTERM as soon as the first last.pt exists: the process writes last.pt and exits 0;
     resumed, the run ends with the weights of an uninterrupted one."""
