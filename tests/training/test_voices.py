@@ -52,3 +52,41 @@ def test_library_renders_espeak_speakers_into_their_splits(tmp_path, monkeypatch
     a, _ = sf.read(tmp_path / rows[0]["split"] / rows[0]["name"] / "000.wav")
     b, _ = sf.read(tmp_path / rows[0]["split"] / rows[0]["name"] / "001.wav")
     assert len(a) != len(b) or not np.allclose(a, b)  # different takes
+
+
+def test_recorded_readers_render_runs_of_their_own_recordings(tmp_path, monkeypatch) -> None:
+    """KLettres readers (``--engines klettres``): one speaker per language folder, folders that may share a reader
+    share a person and a split, and an utterance is a 3-6 s run of that reader's trimmed recordings."""
+    import training.data.voices as voices
+
+    by_name = {sp.name: sp for sp in speakers() if sp.engine == "klettres"}
+    assert by_name["klettres-en_GB"].person == by_name["klettres-en"].person
+    assert split_of(by_name["klettres-fr"].person) == "test" and split_of(by_name["klettres-nl"].person) == "val"
+    assert split_of(by_name["klettres-ml"].person) == "train"
+    # a fake /usr/share/klettres: two readers, each a few "letters" (tones at their own pitch, in silence) at 44.1 kHz
+    root = tmp_path / "klettres"
+    sr = 44100
+    for lang, f0 in (("en", 140.0), ("fr", 230.0)):
+        for i in range(4):
+            (root / lang / "alpha").mkdir(parents=True, exist_ok=True)
+            t = np.arange(int(0.4 * sr)) / sr
+            tone = 0.3 * np.sin(2 * np.pi * f0 * (1 + 0.1 * i) * t)
+            x = np.concatenate([np.zeros(sr // 2), tone, np.zeros(sr // 2)])
+            sf.write(root / lang / "alpha" / f"{i}.ogg", np.stack([x, x], axis=1), sr)
+    monkeypatch.setattr(voices, "KLETTRES_ROOT", root)
+    monkeypatch.setattr(voices, "speakers", lambda seed=0: [by_name["klettres-en"], by_name["klettres-fr"]])
+    index = build_library(tmp_path / "lib", n_utts=3, engines=("klettres",), workers=1)
+    rows = {r["name"]: r for r in csv.DictReader(index.open())}
+    assert rows["klettres-en"]["split"] == "train" and rows["klettres-fr"]["split"] == "test"
+    for name in rows:
+        files = sorted((tmp_path / "lib" / rows[name]["split"] / name).glob("*.wav"))
+        assert len(files) == 3
+        for f in files:
+            x, rate = sf.read(f)
+            assert rate == 16000 and 3.0 * 0.94 - 0.5 <= len(x) / rate <= 6.0 * 1.06 + 0.5
+            assert abs(np.abs(x).max() - 0.9) < 1e-4
+            # trimmed: the 0.5-s silences around each recording are gone, only the short pauses remain
+            quiet = np.abs(x) < 0.01
+            longest = max((len(run) for run in np.split(quiet, np.flatnonzero(np.diff(quiet.astype(int))) + 1)
+                           if run.all()), default=0)
+            assert longest < 0.4 * rate

@@ -8,6 +8,12 @@ one voice at its own fixed pitch and rate; the sentences are random (English fro
 languages as pronounceable pseudo-words in their spelling), and every utterance is resampled by a random
 factor within +-6 % (pitch and tempo together, a natural range) so that no two takes are alike.
 
+**Recorded voices** (``--engines klettres``, into a library of its own: ``python -m training voices --out
+data/voices_recorded --engines klettres``): Debian's ``klettres-data`` holds people reading the letters and
+syllables of 20 languages (KDE's KLettres, one reader per language; about 50 minutes in all). An utterance is a
+random run of one reader's recordings, each trimmed of its silences, with short pauses between them, resampled
+like the others: real human voices and real microphones, if not real sentences.
+
 Splits are **speaker-disjoint and person-disjoint**: two voices made from the same person's recordings (Flite's
 and Festival's ``kal``, ``slt``) have one ``person`` and always land in the same split. ``test`` and ``val``
 persons are fixed below; espeak-ng speakers are split by a hash of their name. Debian's
@@ -65,9 +71,15 @@ FLITE = (("kal", "kal", "en"), ("kal16", "kal", "en"), ("awb", "awb", "en"), ("r
          ("slt", "slt", "en"))
 ESPEAK_LANGS = ("en", "en-us", "de", "fr", "es", "it", "pt", "nl", "pl", "sv", "cs", "ru", "fi", "hu", "tr", "ro")
 ESPEAK_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m7", "f1", "f2", "f3", "f4", "f5", "klatt")
+# KLettres readers, by language folder under KLETTRES_ROOT. Folders whose readers may be one person (English and
+# British English, German and Low German, Russian and Ukrainian) share a person, so they share a split.
+KLETTRES_ROOT = Path("/usr/share/klettres")
+KLETTRES = ("ar", "cs", "da", "de", "en", "en_GB", "es", "fr", "he", "hu", "it", "lt", "ml", "nb", "nds", "nl",
+            "pt_BR", "ru", "tn", "uk")
+_KLETTRES_PERSON = {"en_GB": "en", "nds": "de", "uk": "ru"}
 # Persons held out. test: our own speaker-disjoint evaluation; val: model selection during training.
-TEST_PERSONS = frozenset({"ked", "krb", "pc", "mv", "rms"})
-VAL_PERSONS = frozenset({"ph", "awb"})
+TEST_PERSONS = frozenset({"ked", "krb", "pc", "mv", "rms", "klettres-fr", "klettres-lt", "klettres-pt_BR"})
+VAL_PERSONS = frozenset({"ph", "awb", "klettres-nl"})
 
 _EN_WORDS = (
     "the a this that my your our their one two three some many every people time year day week night way "
@@ -113,6 +125,8 @@ def speakers(seed: int = 0) -> list[Speaker]:
             name = f"espeak-{lang}-{var}"
             out.append(Speaker(name, name, "espeak", f"{lang}+{var}", lang.split("-")[0],
                                pitch=int(rng.integers(25, 76)), rate=int(rng.integers(135, 196))))
+    out += [Speaker(f"klettres-{lang}", f"klettres-{_KLETTRES_PERSON.get(lang, lang)}", "klettres", lang,
+                    lang.split("_")[0]) for lang in KLETTRES]
     return out
 
 
@@ -144,7 +158,13 @@ def sentence(rng: np.random.Generator, language: str) -> str:
     return " ".join(words)
 
 
+ENGINES = ("festival", "flite", "espeak", "klettres")
+SYNTHESISERS = ("festival", "flite", "espeak")  # what ``voices`` renders by default
+
+
 def available(engine: str) -> bool:
+    if engine == "klettres":
+        return KLETTRES_ROOT.is_dir()
     return shutil.which({"festival": "festival", "flite": "flite", "espeak": "espeak-ng"}[engine]) is not None
 
 
@@ -197,9 +217,49 @@ def _trim(x: np.ndarray, sr: int) -> np.ndarray:
     return x[a:b]
 
 
+def _write_utterance(path: Path, y: np.ndarray, what: str) -> float:
+    """``y`` peak-normalised to 0.9 as 16 kHz float wav; returns its seconds."""
+    peak = np.abs(y).max() if len(y) else 0.0
+    if not math.isfinite(peak) or peak == 0:
+        raise RuntimeError(f"{what} is silent")
+    sf.write(path, (0.9 * y / peak).astype(np.float32), SAMPLE_RATE, subtype="FLOAT")
+    return len(y) / SAMPLE_RATE
+
+
+def render_recorded(sp: Speaker, out_dir: Path, n_utts: int, rng: np.random.Generator,
+                    seconds: tuple[float, float] = (3.0, 6.0)) -> tuple[int, float]:
+    """``n_utts`` utterances of a KLettres reader: random runs of the reader's recordings (letters, syllables),
+    each trimmed of silence, 50-250 ms apart, until the utterance is 3-6 s long; the whole utterance resampled by a
+    factor within +-6 %. Recordings that are silent after trimming are left out."""
+    clips = []
+    for p in sorted((KLETTRES_ROOT / sp.voice).glob("*/*.ogg")):
+        x, sr = sf.read(p, dtype="float64", always_2d=True)
+        x = _trim(_resample(x.mean(axis=1), sr, 1.0), SAMPLE_RATE)
+        if len(x) >= SAMPLE_RATE // 10:
+            clips.append(x)
+    if not clips:
+        raise RuntimeError(f"{sp.name}: no usable recordings under {KLETTRES_ROOT / sp.voice}")
+    total = 0.0
+    for i in range(n_utts):
+        target = rng.uniform(*seconds) * SAMPLE_RATE
+        parts, n = [], 0
+        while n < target:
+            x = clips[int(rng.integers(len(clips)))]
+            gap = np.zeros(int(rng.uniform(0.05, 0.25) * SAMPLE_RATE))
+            parts += [x, gap]
+            n += len(x) + len(gap)
+        y = _resample(np.concatenate(parts[:-1]), SAMPLE_RATE, float(rng.uniform(0.94, 1.06)))
+        total += _write_utterance(out_dir / f"{i:03d}.wav", y, f"{sp.name}: utterance {i}")
+    return n_utts, total
+
+
 def render_speaker(sp: Speaker, out_dir: Path, n_utts: int, seed: int) -> tuple[int, float]:
-    """Write ``n_utts`` utterances of ``sp`` (each two sentences with a pause) to ``out_dir``: (count, seconds)."""
+    """Write ``n_utts`` utterances of ``sp`` (each two sentences with a pause; a KLettres reader:
+    :func:`render_recorded`) to ``out_dir``: (count, seconds)."""
     rng = np.random.default_rng([seed, int(hashlib.sha256(sp.name.encode()).hexdigest()[:8], 16)])
+    if sp.engine == "klettres":
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return render_recorded(sp, out_dir, n_utts, rng)
     texts = [sentence(rng, sp.language) for _ in range(2 * n_utts)]
     factors = rng.uniform(0.94, 1.06, size=n_utts)
     pauses = rng.uniform(0.2, 0.7, size=n_utts)
@@ -214,18 +274,15 @@ def render_speaker(sp: Speaker, out_dir: Path, n_utts: int, seed: int) -> tuple[
                 parts.append(_trim(_resample(x.mean(axis=1), sr, float(factors[i])), SAMPLE_RATE))
             gap = np.zeros(int(pauses[i] * SAMPLE_RATE))
             y = np.concatenate([parts[0], gap, parts[1]])
-            peak = np.abs(y).max()
-            if not math.isfinite(peak) or peak == 0:
-                raise RuntimeError(f"{sp.name}: utterance {i} is silent")
-            sf.write(out_dir / f"{i:03d}.wav", (0.9 * y / peak).astype(np.float32), SAMPLE_RATE, subtype="FLOAT")
-            total += len(y) / SAMPLE_RATE
+            total += _write_utterance(out_dir / f"{i:03d}.wav", y, f"{sp.name}: utterance {i}")
     return n_utts, total
 
 
 def _versions() -> dict[str, str]:
     out = {}
     for name, cmd in (("festival", ["festival", "--version"]), ("flite", ["flite", "--version"]),
-                      ("espeak-ng", ["espeak-ng", "--version"])):
+                      ("espeak-ng", ["espeak-ng", "--version"]),
+                      ("klettres-data", ["dpkg-query", "-W", "-f", "${Version}", "klettres-data"])):
         try:
             out[name] = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
         except (OSError, subprocess.SubprocessError):
@@ -234,9 +291,10 @@ def _versions() -> dict[str, str]:
 
 
 def build_library(out: str | Path, n_utts: int = 24, n_espeak_utts: int = 12, seed: int = 0, workers: int = 2,
-                  engines: Sequence[str] = ("festival", "flite", "espeak"), progress: bool = False) -> Path:
-    """Render every available speaker; returns ``<out>/speakers.csv``. Engines that are not installed are
-    skipped with a warning (``apt-get install festival festvox-* flite espeak-ng``)."""
+                  engines: Sequence[str] = SYNTHESISERS, progress: bool = False) -> Path:
+    """Render every available speaker of ``engines``; returns ``<out>/speakers.csv``. Engines that are not
+    installed are skipped with a warning (``apt-get install festival festvox-* flite espeak-ng``; the recorded
+    voices: ``klettres-data``)."""
     out = Path(out)
     todo = []
     for sp in speakers(seed):
@@ -247,7 +305,7 @@ def build_library(out: str | Path, n_utts: int = 24, n_espeak_utts: int = 12, se
             continue
         todo.append(sp)
     if not todo:
-        raise RuntimeError("voices: no speech synthesiser installed (festival, flite, espeak-ng)")
+        raise RuntimeError(f"voices: none of {', '.join(engines)} is installed")
 
     def one(sp: Speaker):
         n = n_espeak_utts if sp.engine == "espeak" else n_utts
@@ -293,5 +351,7 @@ def add_parser(sub) -> None:
     p.add_argument("--utterances", type=int, default=24, help="per Festival / Flite speaker")
     p.add_argument("--espeak-utterances", type=int, default=12, help="per espeak-ng speaker")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--engines", nargs="+", choices=ENGINES, default=list(SYNTHESISERS),
+                   help="klettres: the recorded voices of Debian's klettres-data, best as a library of their own")
     p.set_defaults(func=lambda a: print(build_library(a.out, a.utterances, a.espeak_utterances, a.seed, a.workers,
-                                                      progress=True)) or 0)
+                                                      a.engines, progress=True)) or 0)
