@@ -16,7 +16,9 @@
   not to correspond keeps its label but is trained with its audio zeroed, with probability 1 - its weight.
 
 Every routine returns ``(model, info)``; ``info`` holds per-epoch logs and, for ``ntl``, the estimation AUC
-and label-correction counts when the true noise is passed in.
+and label-correction counts when the true noise is passed in. Each takes its clips as a
+:class:`~training.action.noisy.source.ClipSource`: stacked in RAM (:class:`~training.action.noisy.arrays.ArraySet`)
+or streamed from a manifest (:class:`~training.action.noisy.stream.StreamedClips`), on one code path.
 """
 
 from __future__ import annotations
@@ -117,9 +119,9 @@ def _optimizer(params, cfg: RunConfig, steps: int):
 def _modality_dropout(video: torch.Tensor, audio: torch.Tensor, p: float, u: np.ndarray) -> np.ndarray:
     """In place, as ``train_action.zero_modalities``, from one uniform ``u`` per sample: with probability p a sample
     loses its video, with probability p its audio. Returns the mask of samples whose audio was zeroed."""
-    if p > 0:
-        video[torch.from_numpy(u < p)] = 0.0
-        audio[torch.from_numpy((u >= p) & (u < 2 * p))] = 0.0
+    if p > 0:  # the masks go to the inputs' device (a streamed batch is there already)
+        video[torch.from_numpy(u < p).to(video.device)] = 0.0
+        audio[torch.from_numpy((u >= p) & (u < 2 * p)).to(audio.device)] = 0.0
     return (u >= p) & (u < 2 * p) if p > 0 else np.zeros(video.shape[0], dtype=bool)
 
 
@@ -151,7 +153,7 @@ def _train_batch(run: Run, data: ClipSource, idx: np.ndarray, cfg: RunConfig, rn
     audio_off = _modality_dropout(video, audio, cfg.modality_dropout if dropout else 0.0, u[mine])
     if muted is not None:
         extra = muted[mine] & ~audio_off
-        audio[torch.from_numpy(extra)] = 0.0
+        audio[torch.from_numpy(extra).to(audio.device)] = 0.0
         audio_off = audio_off | extra
     return _Batch(part.idx, video.to(run.device), audio.to(run.device), audio_off | part.silent, part.rows,
                   part.logs)
