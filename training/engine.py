@@ -271,6 +271,15 @@ class Run:
         dist.all_gather_object(out, obj)
         return out
 
+    def gather_to_main(self, obj: Any) -> list[Any] | None:
+        """Every rank's ``obj``, in rank order, on rank 0 only (None elsewhere): a whole-set statistic that only rank
+        0 goes on with, without a copy of the whole on every rank. Tensors travel on the CPU."""
+        if not self.distributed:
+            return [obj]
+        out: list[Any] | None = [None] * self.world_size if self.is_main else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
     def sync_buffers(self, model: nn.Module) -> None:
         """Rank 0's buffers (BatchNorm running statistics) on every rank, so that evaluation agrees."""
         if self.distributed:

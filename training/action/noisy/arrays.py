@@ -5,30 +5,70 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from model_store.manifest import ClipSpec
 from model_store.media import window_starts
+from training.action.noisy.source import Part
 from training.data.datasets import ClipData
+
+if TYPE_CHECKING:
+    from training.engine import Run
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class ArraySet:
-    """Clips of one length. frames (N, F, H, W, 3) uint8 at ``spec.fps``; audio (N, S) float32."""
+    """Clips of one length. frames (N, F, H, W, 3) uint8 at ``spec.fps``; audio (N, S) float32. A
+    :class:`~training.action.noisy.source.ClipSource`: every clip has sound (SynthAV's do), rank 0 embeds them all."""
 
     frames: np.ndarray
     audio: np.ndarray
     labels: np.ndarray  # (N,) int64
     spec: ClipSpec
+    sharded = False  # a class attribute: middle_windows gives rank 0 every clip
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def audible(self) -> np.ndarray:
+        return np.ones(len(self), dtype=bool)
+
+    # -- the ClipSource interface: windows are cut by indexing, nothing runs ahead
+
+    def start_epoch(self, key: int, batches: Sequence[np.ndarray], start: int, run: Run) -> None:
+        pass
+
+    def end_epoch(self) -> None:
+        pass
+
+    def batch(self, idx: np.ndarray, rng: np.random.Generator, run: Run) -> Part:
+        """A random whole-frame start per window of the global batch, drawn from ``rng``; this rank's share cut."""
+        starts = random_starts(self, len(idx), rng)
+        mine = np.asarray(run.shard(range(len(idx))), dtype=np.int64)
+        video, audio = window_batch(self, idx[mine], starts[mine])
+        return Part(idx[mine], video, audio, np.zeros(len(mine), dtype=bool), idx)
+
+    def middle_windows(self, run: Run, batch: int) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+        mid = (self.frames.shape[1] - self.spec.frames) // 2
+        for s in range(0, len(self), batch):
+            idx = np.arange(s, min(s + batch, len(self)))
+            video, audio = window_batch(self, idx, np.full(len(idx), mid))
+            yield idx, video.to(run.device), audio.to(run.device)
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def load_state(self, d: dict[str, Any]) -> None:
+        pass
 
     @property
     def duration_s(self) -> float:

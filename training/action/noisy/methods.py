@@ -16,7 +16,9 @@
   not to correspond keeps its label but is trained with its audio zeroed, with probability 1 - its weight.
 
 Every routine returns ``(model, info)``; ``info`` holds per-epoch logs and, for ``ntl``, the estimation AUC
-and label-correction counts when the true noise is passed in.
+and label-correction counts when the true noise is passed in. Each takes its clips as a
+:class:`~training.action.noisy.source.ClipSource`: stacked in RAM (:class:`~training.action.noisy.arrays.ArraySet`)
+or streamed from a manifest (:class:`~training.action.noisy.stream.StreamedClips`), on one code path.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.action.noisy import estimation as est
-from training.action.noisy.arrays import ArraySet, eval_windows, random_starts, window_batch
+from training.action.noisy.arrays import ArraySet, eval_windows, window_batch
 from training.action.noisy.losses import (
     cross_modal_nce,
     gce_loss,
@@ -44,6 +46,7 @@ from training.action.noisy.losses import (
     soft_cross_entropy,
     weighted_mean,
 )
+from training.action.noisy.source import ClipSource
 from training.data.noise import NoiseReport
 from training.engine import Loop, Run, fit
 
@@ -116,56 +119,67 @@ def _optimizer(params, cfg: RunConfig, steps: int):
 def _modality_dropout(video: torch.Tensor, audio: torch.Tensor, p: float, u: np.ndarray) -> np.ndarray:
     """In place, as ``train_action.zero_modalities``, from one uniform ``u`` per sample: with probability p a sample
     loses its video, with probability p its audio. Returns the mask of samples whose audio was zeroed."""
-    if p > 0:
-        video[torch.from_numpy(u < p)] = 0.0
-        audio[torch.from_numpy((u >= p) & (u < 2 * p))] = 0.0
+    if p > 0:  # the masks go to the inputs' device (a streamed batch is there already)
+        video[torch.from_numpy(u < p).to(video.device)] = 0.0
+        audio[torch.from_numpy((u >= p) & (u < 2 * p)).to(audio.device)] = 0.0
     return (u >= p) & (u < 2 * p) if p > 0 else np.zeros(video.shape[0], dtype=bool)
 
 
 @dataclass
 class _Batch:
-    """This rank's share of a global batch: clip indices, inputs on the device, audio-zeroed mask."""
+    """This rank's share of a global batch: clip indices, inputs on the device, audio-zeroed mask; ``rows``: the
+    whole global batch's clips (after any replacement of a file that failed), ``logs``: the source's per-step
+    scalars."""
 
     idx: np.ndarray
     video: torch.Tensor
     audio: torch.Tensor
     audio_off: np.ndarray
+    rows: np.ndarray
+    logs: dict[str, float]
 
 
-def _train_batch(run: Run, data: ArraySet, idx: np.ndarray, cfg: RunConfig, rng: np.random.Generator,
+def _train_batch(run: Run, data: ClipSource, idx: np.ndarray, cfg: RunConfig, rng: np.random.Generator,
                  dropout: bool = True, mute: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None
                  ) -> _Batch:
-    """Random window starts, modality dropout and (``mute``) further muted audio are drawn for the global batch
-    ``idx`` from ``rng`` (the same stream on every rank); only this rank's share is cut and moved to the device."""
-    starts = random_starts(data, len(idx), rng)
+    """The source cuts this rank's share of the global batch ``idx`` (an in-RAM set draws the window starts from
+    ``rng`` first); modality dropout and (``mute``) further muted audio are drawn for the global batch from ``rng``
+    (the same stream on every rank). A window without sound counts as audio-zeroed (a video-only sample)."""
+    part = data.batch(idx, rng, run)
     u = rng.random(len(idx))
-    muted = mute(idx, rng) if mute is not None else None
+    muted = mute(part.rows, rng) if mute is not None else None
     mine = np.asarray(run.shard(range(len(idx))), dtype=np.int64)
-    video, audio = window_batch(data, idx[mine], starts[mine])
+    video, audio = part.video, part.audio
     audio_off = _modality_dropout(video, audio, cfg.modality_dropout if dropout else 0.0, u[mine])
     if muted is not None:
         extra = muted[mine] & ~audio_off
-        audio[torch.from_numpy(extra)] = 0.0
+        audio[torch.from_numpy(extra).to(audio.device)] = 0.0
         audio_off = audio_off | extra
-    return _Batch(idx[mine], video.to(run.device), audio.to(run.device), audio_off)
+    return _Batch(part.idx, video.to(run.device), audio.to(run.device), audio_off | part.silent, part.rows,
+                  part.logs)
 
 
-def _epoch_loop(run: Run, models: list[nn.Module], optimizers: list, schedulers: list, data: ArraySet,
+def _epoch_loop(run: Run, models: list[nn.Module], optimizers: list, schedulers: list, data: ClipSource,
                 cfg: RunConfig, epochs: int, rng: np.random.Generator,
                 step: Callable[[np.ndarray], tuple[torch.Tensor, dict[str, float]]],
                 epoch_end: Callable[[int, dict], dict | None], offset: int = 0, total: int | None = None,
                 state: Callable[[], dict] = dict, load_state: Callable[[dict], None] = lambda _d: None) -> Loop:
     """``epochs`` passes over ``data`` in batches of a fresh permutation each (drawn from ``rng`` at the epoch's
     start): ``step(global batch indices)`` gives the loss and logs of a step; ``epoch_end(epoch, record)`` is
-    called after each epoch with ``{"epoch", "loss", "seconds"}``."""
+    called after each epoch with ``{"epoch", "loss", "seconds"}``. The source is told each epoch's batches (keyed by
+    the run's epoch, over all loops of the run) before the first of them is asked for."""
     per_epoch = max(len(data) // min(cfg.batch_size, len(data)), 1)
     cur: dict[str, Any] = {"epoch": None, "batches": [], "loss": 0.0, "n": 0}
     t0 = [time.perf_counter()]
+    live: list[int | None] = [None]  # the epoch whose batches the source was told of
 
     def one_step(i: int) -> tuple[torch.Tensor, dict[str, float], int]:
         epoch, b = divmod(i, per_epoch)
         if cur["epoch"] != epoch:  # a new epoch (a resumed run restores the one it was in)
             cur.update(epoch=epoch, batches=[torch.from_numpy(x) for x in _batches(len(data), cfg.batch_size, rng)])
+        if live[0] != epoch:  # a new epoch, or the first step after a resume
+            data.start_epoch(offset // per_epoch + epoch, [x.numpy() for x in cur["batches"]], b, run)
+            live[0] = epoch
         idx = cur["batches"][b].numpy()
         loss, logs = step(idx)
         cur["loss"] += loss.item()
@@ -173,6 +187,8 @@ def _epoch_loop(run: Run, models: list[nn.Module], optimizers: list, schedulers:
         return loss, {"loss": loss.item(), **logs}, len(idx) // run.world_size
 
     def round_end(epoch: int, _done: int) -> dict:
+        data.end_epoch()  # before the epoch's end forks workers of its own (NTL's whole-set passes, validation)
+        live[0] = None
         r = run.reduce_sums({"loss": cur["loss"], "n": cur["n"]})
         record = {"epoch": epoch, "loss": r["loss"] / max(r["n"], 1), "seconds": time.perf_counter() - t0[0]}
         cur.update(loss=0.0, n=0)
@@ -181,10 +197,13 @@ def _epoch_loop(run: Run, models: list[nn.Module], optimizers: list, schedulers:
         return metrics
 
     def full_state() -> dict:
-        return {"epochs": dict(cur), **state()}
+        source = data.state()  # {} in RAM: its checkpoints stay as they were
+        return {"epochs": dict(cur), **state(), **({"source": source} if source else {})}
 
     def load_full(d: dict) -> None:
         cur.update(d["epochs"])
+        if "source" in d:
+            data.load_state(d["source"])
         load_state(d)
 
     return Loop(models=models, optimizers=optimizers, schedulers=schedulers, steps=epochs * per_epoch,
@@ -211,27 +230,40 @@ def predict(model: nn.Module, data: ArraySet, zero: str | None = None, batch: in
     return out / np.bincount(owners, minlength=len(data))[:, None]
 
 
-def accuracy(model: nn.Module, data: ArraySet, zero: str | None = None) -> float:
-    return float((predict(model, data, zero).argmax(1) == data.labels).mean())
+def accuracy(model: nn.Module, data: ClipSource, zero: str | None = None, run: Run | None = None) -> float:
+    """The share of clips whose mean window softmax (the service's sliding windows) picks their label. A streamed
+    set's clips are split over the ranks and the counts summed: call it on every rank."""
+    if isinstance(data, ArraySet):
+        return float((predict(model, data, zero).argmax(1) == data.labels).mean())
+    return data.accuracy(model, run or Run.local(next(model.parameters()).device), zero)
 
 
 @torch.inference_mode()
-def embed(model: nn.Module, data: ArraySet, batch: int = 64) -> dict[str, torch.Tensor]:
+def embed(model: nn.Module, data: ClipSource, batch: int = 64, run: Run | None = None
+          ) -> dict[str, torch.Tensor] | None:
     """Of every clip's middle window, eval mode: video and audio embeddings ``v``, ``a`` (``forward_features``),
-    the classifier's penultimate activations ``h`` and its ``logits``; (N, ...) tensors on the model's device."""
+    the classifier's penultimate activations ``h`` and its ``logits``; (N, ...) tensors on the model's device, on
+    rank 0 (None on the other ranks; call it on every rank). An in-RAM set is embedded whole on rank 0; a streamed
+    one is decoded and embedded by every rank for its share, and rank 0 gathers the shares."""
+    run = run or Run.local(next(model.parameters()).device)
+    if not data.sharded and not run.is_main:
+        return None
     model.eval()
-    device = next(model.parameters()).device
-    mid = (data.frames.shape[1] - data.spec.frames) // 2
     out: dict[str, list[torch.Tensor]] = {"v": [], "a": [], "h": [], "logits": []}
     head = model.head
-    for s in range(0, len(data), batch):
-        idx = np.arange(s, min(s + batch, len(data)))
-        video, audio = window_batch(data, idx, np.full(len(idx), mid))
-        v, a = model.forward_features(video.to(device), audio.to(device))
+    for _, video, audio in data.middle_windows(run, batch):
+        v, a = model.forward_features(video, audio)
         h = head[:-1](torch.cat([v, a], dim=1))  # (B, D) input of the last linear layer
         for key, x in (("v", v), ("a", a), ("h", h), ("logits", head[-1](h))):
             out[key].append(x)
-    return {k: torch.cat(x) for k, x in out.items()}
+    mine = {k: torch.cat(x) for k, x in out.items()} if out["v"] else None
+    if not (data.sharded and run.distributed):
+        return mine
+    device = next(model.parameters()).device
+    parts = run.gather_to_main(None if mine is None else {k: x.cpu() for k, x in mine.items()})
+    if parts is None:
+        return None
+    return {k: torch.cat([p[k] for p in parts if p is not None]).to(device) for k in out}
 
 
 @torch.inference_mode()
@@ -242,7 +274,7 @@ def bank_pair_losses(v: torch.Tensor, a: torch.Tensor, tau: float, chunk: int = 
     return est.pair_nce_losses(v, a, tau, chunk)
 
 
-def _supervised(model: nn.Module, data: ArraySet, cfg: RunConfig, epochs: int,
+def _supervised(model: nn.Module, data: ClipSource, cfg: RunConfig, epochs: int,
                 loss_fn: Callable[[torch.Tensor, np.ndarray, np.ndarray], torch.Tensor],
                 hook: EpochHook | None = None, rng: np.random.Generator | None = None,
                 mute: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
@@ -265,7 +297,7 @@ def _supervised(model: nn.Module, data: ArraySet, cfg: RunConfig, epochs: int,
 
     def step(idx: np.ndarray) -> tuple[torch.Tensor, dict]:
         b = _train_batch(run, data, idx, cfg, rng, mute=mute)
-        return loss_fn(train_step(b.video, b.audio), b.idx, b.audio_off), {}
+        return loss_fn(train_step(b.video, b.audio), b.idx, b.audio_off), b.logs
 
     def epoch_end(epoch: int, record: dict) -> dict:
         if hook is not None:
@@ -281,14 +313,14 @@ def _supervised(model: nn.Module, data: ArraySet, cfg: RunConfig, epochs: int,
     return history
 
 
-def _labels(data: ArraySet) -> torch.Tensor:
+def _labels(data: ClipSource) -> torch.Tensor:
     return torch.from_numpy(data.labels)
 
 
 # ------------------------------------------------------------------------------------------------- baselines
 
 
-def train_ce(make: ModelFactory, data: ArraySet, cfg: RunConfig, noise: NoiseReport | None = None,
+def train_ce(make: ModelFactory, data: ClipSource, cfg: RunConfig, noise: NoiseReport | None = None,
              hook: EpochHook | None = None, run: Run | None = None, **loop: Any):
     run = run or Run.local()
     model, y = make().to(run.device), _labels(data).to(run.device)
@@ -297,7 +329,7 @@ def train_ce(make: ModelFactory, data: ArraySet, cfg: RunConfig, noise: NoiseRep
     return model, {"history": hist}
 
 
-def train_gce(make: ModelFactory, data: ArraySet, cfg: RunConfig, noise: NoiseReport | None = None,
+def train_gce(make: ModelFactory, data: ClipSource, cfg: RunConfig, noise: NoiseReport | None = None,
               hook: EpochHook | None = None, run: Run | None = None, **loop: Any):
     run = run or Run.local()
     model, y = make().to(run.device), _labels(data).to(run.device)
@@ -306,7 +338,7 @@ def train_gce(make: ModelFactory, data: ArraySet, cfg: RunConfig, noise: NoiseRe
     return model, {"history": hist}
 
 
-def train_sce(make: ModelFactory, data: ArraySet, cfg: RunConfig, noise: NoiseReport | None = None,
+def train_sce(make: ModelFactory, data: ClipSource, cfg: RunConfig, noise: NoiseReport | None = None,
               hook: EpochHook | None = None, run: Run | None = None, **loop: Any):
     run = run or Run.local()
     model, y = make().to(run.device), _labels(data).to(run.device)
@@ -316,7 +348,7 @@ def train_sce(make: ModelFactory, data: ArraySet, cfg: RunConfig, noise: NoiseRe
     return model, {"history": hist}
 
 
-def train_coteaching(make: ModelFactory, data: ArraySet, cfg: RunConfig, noise: NoiseReport | None = None,
+def train_coteaching(make: ModelFactory, data: ClipSource, cfg: RunConfig, noise: NoiseReport | None = None,
                      hook: EpochHook | None = None, run: Run | None = None, state: Callable[[], dict] = dict,
                      load_state: Callable[[dict], None] = lambda _d: None, **_loop: Any):
     """Co-teaching (Han et al., 2018). Returns the first network (the paper's convention). Under torchrun each
@@ -354,7 +386,7 @@ def train_coteaching(make: ModelFactory, data: ArraySet, cfg: RunConfig, noise: 
         b = _train_batch(run, data, idx, cfg, rng)
         epoch = len(history)
         loss = train_step(b.video, b.audio, y[torch.from_numpy(b.idx).to(y.device)], rate_at(epoch))
-        return loss, {}
+        return loss, b.logs
 
     def epoch_end(epoch: int, record: dict) -> dict:
         record = {"epoch": epoch, "loss": record["loss"] / 2, "forget_rate": rate_at(epoch),
@@ -390,11 +422,22 @@ def _on(x: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x)).to(like.device)
 
 
-def _update_pairs(model: nn.Module, data: ArraySet, c: NTLConfig, num_classes: int, state: _PairState,
+def _pair_weights(losses: torch.Tensor, audible: np.ndarray, c: NTLConfig) -> torch.Tensor:
+    """The mixture's posterior that each pair corresponds, fitted to the pairs with sound only; a pair without sound
+    never corresponds (weight 0)."""
+    if audible.all():
+        return est.gmm_clean_probability(losses).clamp_min(c.min_weight)
+    keep = _on(audible, losses)
+    w = torch.zeros_like(losses)
+    if keep.sum() >= 2:
+        w[keep] = est.gmm_clean_probability(losses[keep]).clamp_min(c.min_weight).to(w.dtype)
+    return w
+
+
+def _update_pairs(e: dict[str, torch.Tensor], data: ClipSource, c: NTLConfig, num_classes: int, state: _PairState,
                   epoch: int, noise: NoiseReport | None, seed: int) -> dict:
-    """After a phase-1 epoch: per-pair losses over the whole set -> mixture -> weights; k-means prototypes.
-    All on the model's device, chunked (memory O(N k), not O(N^2))."""
-    e = embed(model, data)
+    """After a phase-1 epoch, from every clip's embeddings ``e``: per-pair losses over the whole set -> mixture ->
+    weights; k-means prototypes. All on the model's device, chunked (memory O(N k), not O(N^2))."""
     v, a = e["v"], e["a"]
     losses = bank_pair_losses(v, a, c.tau)
     record: dict = {}
@@ -402,7 +445,7 @@ def _update_pairs(model: nn.Module, data: ArraySet, c: NTLConfig, num_classes: i
         record["corr_auc_loss"] = est.roc_auc(losses, _on(noise.corr_mask(), losses))
     trusted = epoch + 1 >= c.warmup
     if c.estimation and trusted:
-        w = est.gmm_clean_probability(losses).clamp_min(c.min_weight)
+        w = _pair_weights(losses, data.audible, c)
         state.weights = w.cpu().numpy()
         if noise is not None and len(noise.corr_noisy):
             mask = noise.corr_mask()
@@ -420,7 +463,7 @@ def _update_pairs(model: nn.Module, data: ArraySet, c: NTLConfig, num_classes: i
     return record
 
 
-def _correction_stats(corrected: torch.Tensor, data: ArraySet, noise: NoiseReport | None) -> dict:
+def _correction_stats(corrected: torch.Tensor, data: ClipSource, noise: NoiseReport | None) -> dict:
     if noise is None:
         return {}
     corrected = corrected.cpu().numpy()
@@ -435,7 +478,7 @@ def _correction_stats(corrected: torch.Tensor, data: ArraySet, noise: NoiseRepor
     }
 
 
-def _between_phases(run: Run, model: nn.Module, data: ArraySet, c: NTLConfig, k_cls: int, pairs: _PairState,
+def _between_phases(run: Run, model: nn.Module, data: ClipSource, c: NTLConfig, k_cls: int, pairs: _PairState,
                     info: dict, nt: dict, noise: NoiseReport | None, e1: int) -> None:
     """After phase 1, once: the estimates' scores against the planted noise (when known), and phase 2's first
     targets, the given labels."""
@@ -444,8 +487,8 @@ def _between_phases(run: Run, model: nn.Module, data: ArraySet, c: NTLConfig, k_
     if e1 and noise is not None and len(noise.corr_noisy):
         info["corr_auc_loss"] = info["phase1"][-1]["corr_auc_loss"]
     given = data.labels
-    if e1 and noise is not None and run.is_main:  # diagnostic: how well would phase-1 features alone correct
-        e = embed(model, data)
+    e = embed(model, data, run=run) if e1 and noise is not None else None
+    if e is not None:  # diagnostic (rank 0): how well would phase-1 features alone correct
         feats = torch.cat([est.l2_normalize(e["v"]), est.l2_normalize(e["a"])], dim=1)
         votes = est.knn_label_votes(feats, _on(given, feats), k_cls, c.knn_k, weights=_on(pairs.weights, feats))
         info["phase1_knn"] = _correction_stats(votes.argmax(1), data, noise)
@@ -478,7 +521,7 @@ def _arrays(x: Any) -> Any:
     return x
 
 
-def train_ntl(make: ModelFactory, data: ArraySet, cfg: RunConfig, noise: NoiseReport | None = None,
+def train_ntl(make: ModelFactory, data: ClipSource, cfg: RunConfig, noise: NoiseReport | None = None,
               hook: EpochHook | None = None, run: Run | None = None, state: Callable[[], dict] = dict,
               load_state: Callable[[dict], None] = lambda _d: None, **_loop: Any):
     """Noise-tolerant learning: label-free noise-tolerant contrastive phase, then hybrid supervision. The phases
@@ -490,7 +533,7 @@ def train_ntl(make: ModelFactory, data: ArraySet, cfg: RunConfig, noise: NoiseRe
     model = make().to(run.device)
     k_cls = int(model.cfg.num_classes)
     n = len(data)
-    pairs = _PairState(weights=np.ones(n))
+    pairs = _PairState(weights=np.where(data.audible, 1.0, 0.0))  # a pair without sound never corresponds
     info: dict = {"phase1": [], "phase2": [], "corrections": []}
     nt: dict[str, Any] = {"targets": None, "loss_sum": 0.0, "between": False}  # loss_sum: (N,) once summed
 
@@ -533,22 +576,24 @@ def train_ntl(make: ModelFactory, data: ArraySet, cfg: RunConfig, noise: NoiseRe
 
         def p1_step(idx: np.ndarray) -> tuple[torch.Tensor, dict]:
             b = _train_batch(run, data, idx, cfg, rng, dropout=False)
-            w = torch.from_numpy(pairs.weights[idx]).float().to(run.device)
-            assign = (torch.from_numpy(pairs.assign[idx]).to(run.device)
+            w = torch.from_numpy(pairs.weights[b.rows]).float().to(run.device)
+            assign = (torch.from_numpy(pairs.assign[b.rows]).to(run.device)
                       if c.category and pairs.assign is not None else None)
             loss_i, loss_c = step1(b.video, b.audio, w, assign)
             sums[0] += loss_i.item()
             sums[1] += loss_c.item()
             sums[2] += 1
-            return loss_i + c.proto_weight * loss_c, {"loss_instance": loss_i.item(), "loss_category": loss_c.item()}
+            return loss_i + c.proto_weight * loss_c, {"loss_instance": loss_i.item(), "loss_category": loss_c.item(),
+                                                      **b.logs}
 
         def p1_end(epoch: int, rec: dict) -> dict:
             s = run.reduce_sums({"i": sums[0], "c": sums[1], "n": sums[2]})
             sums[:] = [0.0, 0.0, 0]
             record = {"epoch": epoch, "loss_instance": s["i"] / max(s["n"], 1),
                       "loss_category": s["c"] / max(s["n"], 1)}
+            e = embed(model, data, run=run)  # on rank 0 (a streamed set: every rank embeds its share)
             if run.is_main:
-                record.update(_update_pairs(model, data, c, k_cls, pairs, epoch, noise, cfg.seed))
+                record.update(_update_pairs(e, data, c, k_cls, pairs, epoch, noise, cfg.seed))
             record, shared = run.broadcast((record, dataclasses.asdict(pairs)))
             for k, v in shared.items():
                 setattr(pairs, k, v)
@@ -566,7 +611,9 @@ def train_ntl(make: ModelFactory, data: ArraySet, cfg: RunConfig, noise: NoiseRe
 
     # ---- phase 2: hybrid supervision with given and kNN-corrected labels
     given = data.labels
-    pair_w = pairs.weights if c.estimation else np.ones(n)
+    # phase 2 weighs (or mutes) what the estimate doubts; a pair without sound has no foreign audio to doubt: it is a
+    # video-only sample (its batches mark it audio-zeroed)
+    pair_w = np.where(data.audible, pairs.weights, 1.0) if c.estimation else np.ones(n)
 
     def given_loss(e: dict[str, torch.Tensor]) -> torch.Tensor:
         return F.cross_entropy(e["logits"], _on(given, e["logits"]), reduction="none").double()
@@ -605,8 +652,8 @@ def train_ntl(make: ModelFactory, data: ArraySet, cfg: RunConfig, noise: NoiseRe
         start = max(1, round(c.correct_from * e2))
         due = epoch + 1 >= start and (epoch + 1 - start) % c.refresh == 0 and epoch + 1 < e2
         if due or c.loss_average:
+            e = embed(m, data, run=run)
             if run.is_main:  # once, on rank 0; the result is broadcast
-                e = embed(m, data)
                 ce = given_loss(e)
                 nt["loss_sum"] = nt["loss_sum"] + ce
                 if due:

@@ -6,6 +6,12 @@ seed, into the validation split: the checkpoint is selected by accuracy on *nois
 on clean ones. Under symmetric noise at rate r < (K-1)/K the expected noisy accuracy is
 ``(1 - r) acc + r (1 - acc) / (K - 1)``, increasing in the clean accuracy, so it ranks epochs as the clean
 accuracy would. Only phase-2 epochs are candidates for NTL (phase 1 trains no classifier).
+
+``data.train`` (and ``data.val``) may be a SynthAV spec or a dataset directory, decoded into RAM once
+(:mod:`training.action.noisy.arrays`), or a clip manifest from ``python -m training prepare``, streamed
+(:mod:`training.action.noisy.stream`, settings ``stream.*``): the methods run the same code on either. On real data
+set the noise rates to 0 (the data bring their own noise); the correspondence noise of a benchmark works on a
+manifest too (clip i's audio decoded from clip ``audio_source[i]``'s file).
 """
 
 from __future__ import annotations
@@ -20,10 +26,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from model_store.manifest import ClipSpec
 from training.action.noisy.arrays import load_array_set
 from training.action.noisy.methods import METHODS, NTLConfig, RunConfig, accuracy
-from training.action.train import DataConfig
+from training.action.noisy.source import ClipSource
+from training.action.noisy.stream import StreamedClips
+from training.action.train import DataConfig, resolve_labels
+from training.data.collection import ClipTable, ManifestError, is_manifest, read_manifest
 from training.data.noise import make_noise
+from training.data.streaming import StreamOptions, find_cache
 from training.data.synthav import ACTION_CLASSES
 from training.engine import Run, RunOptions, stopped
 from training.models import clip_spec_for, create_model, model_config
@@ -53,11 +64,13 @@ class NoisyOptimConfig:
 class NoisyActionConfig(RunOptions):
     model: str = "av_action_small"
     method: str = "ntl"
+    # the classes in the order of the model's outputs; empty: a training manifest's labels (sorted, or SynthAV's order)
     labels: list[str] = field(default_factory=lambda: list(ACTION_CLASSES))
     data: DataConfig = field(default_factory=DataConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     optim: NoisyOptimConfig = field(default_factory=NoisyOptimConfig)
     ntl: NTLConfig = field(default_factory=NTLConfig)
+    stream: StreamOptions = field(default_factory=StreamOptions)  # when data.train / data.val is a manifest
     modality_dropout: float = 0.15
     array_cache: str = "runs/noise/cache"  # decoded arrays kept here ('' for none)
     out: str = "runs/action_ntl"
@@ -69,20 +82,31 @@ def train_action_noisy(cfg: NoisyActionConfig) -> dict[str, Any]:
     if cfg.method not in METHODS:
         raise ValueError(f"method {cfg.method!r}: one of {', '.join(METHODS)}")
     run = Run(cfg, "action")
-    mcfg = model_config(cfg.model, num_classes=len(cfg.labels))
     clip = clip_spec_for(cfg.model)
     cache = cfg.array_cache or None
+    labels = list(cfg.labels)
     with run.main_first():
-        train = load_array_set(cfg.data.train, clip, cfg.labels, cfg.data.cache_dir, cache, cfg.data.workers,
-                               cfg.progress)
-        val = load_array_set(cfg.data.val, clip, cfg.labels, cfg.data.cache_dir, cache, cfg.data.workers,
-                             cfg.progress)
+        if is_manifest(cfg.data.train):
+            table = read_manifest(cfg.data.train)
+            labels = resolve_labels(cfg.labels, set(table.labels))
+            train: ClipSource = _streamed(table, clip, labels, cfg)
+        else:
+            train = load_array_set(cfg.data.train, clip, labels, cfg.data.cache_dir, cache, cfg.data.workers,
+                                   cfg.progress)
+        if is_manifest(cfg.data.val):
+            val: ClipSource = _streamed(read_manifest(cfg.data.val, val=True), clip, labels, cfg)
+        else:
+            val = load_array_set(cfg.data.val, clip, labels, cfg.data.cache_dir, cache, cfg.data.workers,
+                                 cfg.progress)
+    if cfg.optim.batch_size % run.world_size:
+        raise ValueError(f"optim.batch_size={cfg.optim.batch_size} does not split over {run.world_size} processes")
+    mcfg = model_config(cfg.model, num_classes=len(labels))
     nc = cfg.noise
-    noise = make_noise(train.labels, len(cfg.labels), nc.label_noise, nc.label_noise_type, nc.corr_noise, nc.seed)
+    noise = make_noise(train.labels, len(labels), nc.label_noise, nc.label_noise_type, nc.corr_noise, nc.seed)
     train = train.with_noise(noise.labels, noise.audio_source)
     val_noise = None
     if nc.on_val:
-        val_noise = make_noise(val.labels, len(cfg.labels), nc.label_noise, nc.label_noise_type, nc.corr_noise,
+        val_noise = make_noise(val.labels, len(labels), nc.label_noise, nc.label_noise_type, nc.corr_noise,
                                nc.seed + 1)
         val = val.with_noise(val_noise.labels, val_noise.audio_source)
     log.info("train noise %s; val noise %s", noise.summary(), val_noise.summary() if val_noise else None)
@@ -96,14 +120,14 @@ def train_action_noisy(cfg: NoisyActionConfig) -> dict[str, Any]:
     seconds = [0.0]
 
     def on_epoch(model: torch.nn.Module, epoch: int, record: dict) -> None:
-        val_acc = accuracy(model, val)
+        val_acc = accuracy(model, val, run=run)
         history.append({**record, "epoch": epoch, "val_noisy_accuracy": val_acc})
         log.info("epoch %d loss %.4f | noisy-val accuracy %.4f (%.0f s)", epoch, record["loss"], val_acc,
                  record["seconds"])
         if epoch >= first_candidate and (not best or val_acc >= best["val_noisy_accuracy"]):
             best.update(epoch=epoch, val_noisy_accuracy=val_acc)
             run.save("best.pt", run.checkpoint_payload(model, model=cfg.model,
-                                                       model_config=dataclasses.asdict(mcfg), labels=cfg.labels,
+                                                       model_config=dataclasses.asdict(mcfg), labels=labels,
                                                        metrics={"epoch": epoch, "val_noisy_accuracy": val_acc}))
 
     def state() -> dict[str, Any]:
@@ -118,7 +142,7 @@ def train_action_noisy(cfg: NoisyActionConfig) -> dict[str, Any]:
 
     def make() -> torch.nn.Module:
         torch.manual_seed(cfg.seed)
-        return create_model(cfg.model, num_classes=len(cfg.labels))
+        return create_model(cfg.model, num_classes=len(labels))
 
     t0 = time.perf_counter()
     try:
@@ -139,9 +163,21 @@ def train_action_noisy(cfg: NoisyActionConfig) -> dict[str, Any]:
     for key in ("corr_auc", "corr_auc_loss", "labels_corrected", "labels_broken", "phase1_knn"):
         if key in info:
             final[key] = info[key]
+    if isinstance(train, StreamedClips):  # windows decoded for training and the whole-set passes, and those that failed
+        final.update(windows_drawn=train.meter.windows, windows_skipped=train.meter.failures)
     if run.is_main:  # the method's diagnostics (noise estimates, label corrections) per epoch
         (run.out / "history.json").write_text(json.dumps({"epochs": history, "info": _jsonable(info)}, indent=1))
     return final
+
+
+def _streamed(table: ClipTable, clip: ClipSpec, labels: list[str], cfg: NoisyActionConfig) -> StreamedClips:
+    """A manifest split streamed, its labels as indices into the run's ``labels``."""
+    try:
+        targets = table.label_index(labels)
+    except ManifestError as exc:
+        raise ManifestError(f"{exc} (labels=[] takes the training manifest's labels)") from exc
+    return StreamedClips(table, clip, targets, seed=cfg.seed, options=cfg.stream,
+                         cache=find_cache(table, clip, cfg.stream))
 
 
 def _jsonable(x: Any) -> Any:
