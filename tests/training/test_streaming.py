@@ -5,9 +5,7 @@ each layout (UCF-101, Kinetics, talking heads)."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 import subprocess
 from pathlib import Path
@@ -16,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 from layouts import copy, corrupt_random, synth_videos
+from procs import run_cli
 from procs import torchrun as run_torchrun
 from torch.utils.data import DataLoader
 
 from model_store import media
 from training.action.train import EpochBatches
 from training.avsync.stream import PairSource, PairWindows
-from training.cli import main
 from training.data.collection import COLUMNS, read_manifest
 from training.data.streaming import (
     DataFailure,
@@ -42,16 +40,6 @@ COMMON = ["threads=1", "progress=false", "log_every=1", "deterministic=true"]
 SPEC = clip_spec_for("av_action_tiny")
 
 
-def run_cli(args: list[str]) -> tuple[int, dict | None, str]:
-    out, err = io.StringIO(), io.StringIO()
-    threads = torch.get_num_threads()
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(args)
-    finally:
-        torch.set_num_threads(threads)
-    lines = [line for line in out.getvalue().splitlines() if line.startswith("{")]
-    return code, json.loads(lines[-1]) if lines else None, err.getvalue()
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:

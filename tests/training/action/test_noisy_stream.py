@@ -5,20 +5,18 @@ replaced and counted), NTL resumes bit for bit and runs under torchrun with 2 pr
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from procs import metric_rows, run_cli
 
 from training.action.noisy.arrays import load_array_set, window_batch
 from training.action.noisy.methods import NTLConfig, _pair_weights, embed
 from training.action.noisy.stream import NoisyWindows, StreamedClips
-from training.cli import main
 from training.data.collection import COLUMNS, read_manifest
 from training.data.noise import make_noise
 from training.data.prepare import prepare
@@ -32,21 +30,8 @@ SPEC = clip_spec_for("av_action_tiny")
 COMMON = ["threads=1", "progress=false", "log_every=1", "deterministic=true", "stream.workers=0"]
 
 
-def run_cli(args: list[str]) -> tuple[int, dict | None, str]:
-    out, err = io.StringIO(), io.StringIO()
-    threads = torch.get_num_threads()
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(args)
-    finally:
-        torch.set_num_threads(threads)
-    lines = [line for line in out.getvalue().splitlines() if line.startswith("{")]
-    return code, json.loads(lines[-1]) if lines else None, err.getvalue()
 
 
-def metric_rows(out: Path) -> list[dict[str, str]]:
-    with (out / "metrics.csv").open(newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def losses(out: Path) -> list[float]:

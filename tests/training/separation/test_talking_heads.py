@@ -6,9 +6,7 @@ the same whatever the number of workers, silent clips never voices, bad files re
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 from pathlib import Path
 
@@ -16,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 from layouts import corrupt_random, silent, synth_videos
+from procs import metric_rows, run_cli
 
 from model_store import media
-from training.cli import main
 from training.data.collection import COLUMNS, read_manifest
 from training.data.streaming import StreamOptions, frame_start
 from training.data.synthav import write_video
@@ -38,21 +36,10 @@ def _args(manifest: Path, cache: Path) -> list[str]:
             "deterministic=true", "loss.sync=1.0"]
 
 
-def _run(args: list[str]) -> tuple[int, dict | None, str]:
-    out, err = io.StringIO(), io.StringIO()
-    threads = torch.get_num_threads()
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(args)
-    finally:
-        torch.set_num_threads(threads)
-    lines = [line for line in out.getvalue().splitlines() if line.startswith("{")]
-    return code, json.loads(lines[-1]) if lines else None, err.getvalue()
 
 
 def _rows(out: Path) -> list[dict[str, str]]:
-    with (out / "metrics.csv").open(newline="") as fh:
-        return [r for r in csv.DictReader(fh) if r.get("loss")]
+    return [r for r in metric_rows(out) if r.get("loss")]
 
 
 def _losses(out: Path) -> list[float]:
@@ -187,7 +174,7 @@ def streamed_run(heads_with_bad, tmp_path_factory):
     """A one-process streamed run on the talking heads with bad files, start to end."""
     out = tmp_path_factory.mktemp("heads-run")
     args = _args(heads_with_bad[0], out.parent / "heads-npz")
-    code, answer, err = _run([*args, f"out={out}"])
+    code, answer, err = run_cli([*args, f"out={out}"])
     assert code == 0, err[-3000:]
     return out, args, answer
 
@@ -205,9 +192,9 @@ def test_streamed_talking_heads_train_and_count_what_they_skip(streamed_run):
 def test_streamed_resume_ends_bit_for_bit_where_the_uninterrupted_run_ends(streamed_run, tmp_path):
     full_out, args, full = streamed_run
     out = tmp_path / "run"
-    code, first, _ = _run([*args, f"out={out}", "stop_after=3"])
+    code, first, _ = run_cli([*args, f"out={out}", "stop_after=3"])
     assert code == 0 and first["stopped"] and first["step"] == 3
-    code, again, _ = _run([*args, f"out={out}", "resume=auto"])
+    code, again, _ = run_cli([*args, f"out={out}", "resume=auto"])
     assert code == 0
     assert _same(_weights(out / "last.pt"), _weights(full_out / "last.pt"))
     assert _same(_weights(out / "best.pt"), _weights(full_out / "best.pt"))
@@ -235,6 +222,6 @@ def test_streamed_talking_heads_under_torchrun_follow_one_process(streamed_run, 
 
 def test_too_many_broken_files_stop_the_run_with_a_message(heads_with_bad, tmp_path):
     args = _args(heads_with_bad[0], tmp_path / "npz")
-    code, answer, err = _run([*args, f"out={tmp_path / 'stop'}", "stream.max_failure_rate=0.01",
+    code, answer, err = run_cli([*args, f"out={tmp_path / 'stop'}", "stream.max_failure_rate=0.01",
                               "stream.failure_grace=0", "stream.workers=0"])
     assert code == 3 and answer is None and "failed to decode" in err
