@@ -13,7 +13,7 @@ mixture is made from two windows decoded on their own from their files in DataLo
   :class:`~training.data.streaming.FailureMeter`); an item that finds nothing decodable in ``retries`` draws is
   ``lost`` (zeros), which stops the run.
 - Clips a decoded cache holds (``prepare --cache``) are cut from its memory-mapped arrays instead.
-- The mixing and the recording conditions are the in-RAM path's (:func:`~training.separation.train.mix_voices`).
+- The mixing and the recording conditions are the in-RAM path's (:func:`~training.separation.mixing.mix_voices`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from model_store.media import MediaError, MediaLimits, cut_window, decode_window
 from training.data.cache import DecodedCache
 from training.data.collection import ClipTable
 from training.data.streaming import DataFailure, StreamOptions, frame_start, seed_worker
-from training.separation.train import AugConfig, MixConfig, mix_voices
+from training.separation.mixing import AugConfig, MixConfig, mix_voices
 
 log = logging.getLogger(__name__)
 

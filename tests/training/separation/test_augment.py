@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from training.models import clip_spec_for
-from training.separation.train import AugConfig, MixConfig, SourceSet, augment, make_batch
+from training.separation.mixing import AugConfig, MixConfig, augment
+from training.separation.train import SourceSet, make_batch
 
 SR = 8000
 

@@ -21,8 +21,9 @@ from training.data.collection import COLUMNS, read_manifest
 from training.data.streaming import StreamOptions, frame_start
 from training.data.synthav import write_video
 from training.models import clip_spec_for
+from training.separation.mixing import AugConfig, MixConfig, mix_voices
 from training.separation.stream import MixWindows, StepMixes, Voices, mix_loader
-from training.separation.train import AugConfig, MixConfig, mix_voices, streamed_manifest
+from training.separation.train import streamed_manifest
 from training.utils import load_checkpoint
 
 CLIP = clip_spec_for("separation_tiny_assign", 0.75, stft=True)
