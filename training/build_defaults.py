@@ -20,10 +20,11 @@ log = logging.getLogger(__name__)
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 VOICES = "data/voices"  # the speech library (python -m training voices), as the separation configs name it
+RECORDED = "data/voices_recorded"  # the recorded readers (python -m training voices --engines klettres)
 EVAL_DATA = {"action": "synthav:seed=1000,n=200", "avsync": "synthav:seed=1000,n=200",
-             # synthetic voices, then faces voiced by the speech library's held-out *test* speakers
+             # synthetic voices, then faces voiced by the held-out *test* speakers of each library
              "separation": f"synthav:seed=1000,n=100,kind=speech|voices=synthav:seed=3,n=100,kind=speech,"
-                           f"voices={VOICES}/test"}
+                           f"voices={VOICES}/test|recorded=synthav:seed=3,n=100,kind=speech,voices={RECORDED}/test"}
 
 
 def fresh(cache_dir: str) -> list[str]:
@@ -32,9 +33,10 @@ def fresh(cache_dir: str) -> list[str]:
     return [f"data.cache_dir={cache_dir}", "overwrite=true"]
 
 
-def ensure_voices(out: str | Path = VOICES) -> dict[str, Any]:
-    """The speech library at ``out`` (rendered if missing: needs festival, festvox-*, flite and espeak-ng);
-    returns its summary (voices.json)."""
+def ensure_voices(out: str | Path = VOICES, **options: Any) -> dict[str, Any]:
+    """The speech library at ``out`` (rendered if missing, by ``build_library(out, **options)``: the default one
+    needs festival, festvox-*, flite and espeak-ng, the recorded one klettres-data); returns its summary
+    (voices.json)."""
     import json
 
     from training.data.voices import build_library
@@ -42,20 +44,25 @@ def ensure_voices(out: str | Path = VOICES) -> dict[str, Any]:
     summary = Path(out) / "voices.json"
     if not summary.is_file():
         log.info("rendering the speech library into %s", out)
-        build_library(out, progress=True)
+        build_library(out, progress=True, **options)
     return json.loads(summary.read_text())
+
+
+RECORDED_OPTIONS = {"engines": ("klettres",), "n_utts": 40}  # as `voices --engines klettres --utterances 40`
 
 
 def build_separation(root: Path, cache_dir: str, checkpoint: str | Path | None = None) -> None:
     """Train ``configs/separation_audio_only.yaml``, then ``configs/separation_default.yaml`` warm-started from it,
-    then ``configs/separation_speech.yaml`` (recorded voices) from that (or take ``checkpoint``, a finished run of
-    the last config); export, score on synthetic-voice speech clips of seed 1000 and on faces voiced by the
-    speech library's held-out test speakers (neither used in training) and publish as ``<root>/separation`` v1."""
+    then ``configs/separation_speech.yaml`` (the synthesised speech library) from that, then
+    ``configs/separation_speech_recorded.yaml`` (the recorded readers added) from that (or take ``checkpoint``, a
+    finished run of the last config); export, score on synthetic-voice speech clips of seed 1000 and on faces voiced
+    by each library's held-out test speakers (none used in training) and publish as ``<root>/separation`` v1."""
     from training.config import load_config
     from training.separation.train import SeparationTrainConfig, train_separation
 
     voices = ensure_voices()
-    config = "separation_speech.yaml"
+    recorded = ensure_voices(RECORDED, **RECORDED_OPTIONS)
+    config = "separation_speech_recorded.yaml"
     cfg = load_config(SeparationTrainConfig, CONFIGS / config, fresh(cache_dir))
     metrics: dict[str, Any] = {}
     steps: dict[str, Any] = {}
@@ -67,18 +74,30 @@ def build_separation(root: Path, cache_dir: str, checkpoint: str | Path | None =
                                 [*fresh(cache_dir), f"init_unet={Path(pit.out) / 'best.pt'}"])
         metrics["audio_visual"] = train_separation(synthetic)
         start = Path(synthetic.out) / "best.pt"
+        speech = load_config(SeparationTrainConfig, CONFIGS / "separation_speech.yaml",
+                             [*fresh(cache_dir), f"init_unet={start}", f"init_avsync={start}"])
+        metrics["speech"] = train_separation(speech)
+        start = Path(speech.out) / "best.pt"
         cfg = load_config(SeparationTrainConfig, CONFIGS / config,
                           [*fresh(cache_dir), f"init_unet={start}", f"init_avsync={start}"])
-        metrics["speech"] = train_separation(cfg)
+        metrics["recorded"] = train_separation(cfg)
         checkpoint = Path(cfg.out) / "best.pt"
         steps = {name: {"steps": c.optim.steps, "best_step": metrics[name].get("step")}
-                 for name, c in (("audio_only", pit), ("audio_visual", synthetic), ("speech", cfg))}
+                 for name, c in (("audio_only", pit), ("audio_visual", synthetic), ("speech", speech),
+                                 ("recorded", cfg))}
+    if not steps:  # a finished run of the last config: its own steps (the earlier stages' are in their configs)
+        from training.utils import load_checkpoint
+
+        steps = {"recorded": {"steps": cfg.optim.steps, "best_step": load_checkpoint(checkpoint).get("step")}}
     extra = {"build": "python -m training build-defaults --tasks separation (configs separation_audio_only.yaml, "
-                      f"separation_default.yaml, then {config})",
+                      f"separation_default.yaml, separation_speech.yaml, then {config})",
              "backbone": "AVSyncNet trained jointly from scratch" if not cfg.init_avsync
-             else f"AVSyncNet trained jointly from scratch (separation_default.yaml), fine-tuned in {config}",
-             "voices": {"library": VOICES, "train": cfg.data.train, "val": cfg.data.val,
+             else "AVSyncNet trained jointly from scratch (separation_default.yaml), fine-tuned in "
+                  f"separation_speech.yaml and {config}",
+             "voices": {"library": VOICES, "recorded": RECORDED, "train": cfg.data.train, "val": cfg.data.val,
                         "splits": voices.get("splits"), "synthesisers": voices.get("versions"),
+                        "recorded_splits": recorded.get("splits"),
+                        "recorded_source": recorded.get("versions", {}).get("klettres-data"),
                         "augmentation": dataclasses.asdict(cfg.aug)},
              "steps": steps,
              "train_metrics": metrics}
