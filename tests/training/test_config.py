@@ -71,3 +71,15 @@ def test_every_shipped_config_loads_and_names_a_registered_model():
     assert region.region_weight > 0 and region.init.endswith("avsync/best.pt")
     keep = load_config(PretrainConfig, paths[0].parent / "avsync_keep.yaml")
     assert keep.keep_weight > 0 and keep.init == f"{region.out}/best.pt"  # stage 3 starts from stage 2
+
+
+def test_overrides_may_follow_an_option_on_the_command_line() -> None:
+    from training.cli import parse_args
+
+    args = parse_args(["train-action", "cfg.yaml", "optim.epochs=2", "--method", "ntl", "seed=1", "threads=1"])
+    assert args.config == "cfg.yaml" and args.method == "ntl"
+    assert args.overrides == ["optim.epochs=2", "seed=1", "threads=1"]
+    with pytest.raises(SystemExit):
+        parse_args(["train-action", "cfg.yaml", "--method", "ntl", "--no-such-option"])
+    with pytest.raises(SystemExit):
+        parse_args(["export", "--checkpoint", "x.pt", "seed=1"])  # export takes no overrides
