@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,6 +90,17 @@ def as_targets(targets: np.ndarray | MultiHot) -> np.ndarray | MultiHot:
     return targets if isinstance(targets, MultiHot) else np.asarray(targets)
 
 
+def window_draws(seed: int, epoch: int, i: int, retries: int, table: ClipTable, spec: ClipSpec
+                 ) -> Iterator[tuple[int, float]]:
+    """Item ``i``'s draws, ``(row, window start)``: its own row first, then up to ``retries`` replacement rows, each
+    from ``numpy.random.default_rng([seed, epoch, i, attempt])`` (no ``attempt`` for the first), so an item's windows
+    depend on nothing but its key."""
+    for attempt in range(retries + 1):
+        rng = np.random.default_rng([seed, epoch, int(i)] + ([attempt] if attempt else []))
+        row = int(i) if attempt == 0 else int(rng.integers(len(table)))
+        yield row, frame_start(rng, *table.span(row), spec)
+
+
 def frame_start(rng: np.random.Generator, lo: float, hi: float, spec: ClipSpec) -> float:
     """A random window start in the span ``[lo, hi]``, in whole frames from ``lo`` (audio and frames stay on one
     grid): the rule the in-RAM :class:`~training.data.datasets.WindowDataset` draws with."""
@@ -122,11 +133,7 @@ class StreamingWindows(Dataset):
 
     def __getitem__(self, i: int):
         failures = 0
-        for attempt in range(self.options.retries + 1):
-            key = [self.seed, self.epoch, int(i)] + ([attempt] if attempt else [])
-            rng = np.random.default_rng(key)
-            row = int(i) if attempt == 0 else int(rng.integers(len(self.table)))
-            start = frame_start(rng, *self.table.span(row), self.spec)
+        for row, start in window_draws(self.seed, self.epoch, i, self.options.retries, self.table, self.spec):
             window = self._decode(row, start)
             if window is None:
                 failures += 1

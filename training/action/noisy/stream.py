@@ -42,9 +42,9 @@ from training.data.streaming import (
     StreamingWindows,
     StreamOptions,
     cat_clip_windows,
-    frame_start,
     normalize_frames,
     seed_worker,
+    window_draws,
 )
 
 if TYPE_CHECKING:
@@ -96,10 +96,7 @@ class NoisyWindows(StreamingWindows):
 
     def __getitem__(self, i: int):
         failures = 0
-        for attempt in range(self.options.retries + 1):
-            rng = np.random.default_rng([self.seed, self.epoch, int(i)] + ([attempt] if attempt else []))
-            row = int(i) if attempt == 0 else int(rng.integers(len(self.table)))
-            start = frame_start(rng, *self.table.span(row), self.spec)
+        for row, start in window_draws(self.seed, self.epoch, i, self.options.retries, self.table, self.spec):
             pair = self.pair(row, start)
             if pair is None:
                 failures += 1
