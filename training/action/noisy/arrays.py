@@ -64,6 +64,28 @@ class ArraySet:
             video, audio = window_batch(self, idx, np.full(len(idx), mid))
             yield idx, video.to(run.device), audio.to(run.device)
 
+    @torch.inference_mode()
+    def predict(self, model: torch.nn.Module, zero: str | None = None, batch: int = 64) -> np.ndarray:
+        """(N, K) clip probabilities: softmax per sliding window, averaged over the clip, as the service does."""
+        model.eval()
+        owners, starts = eval_windows(self)
+        out = None
+        dev = next(model.parameters()).device
+        for s in range(0, len(owners), batch):
+            video, audio = window_batch(self, owners[s : s + batch], starts[s : s + batch])
+            if zero == "video":
+                video.zero_()
+            elif zero == "audio":
+                audio.zero_()
+            p = model(video.to(dev), audio.to(dev)).softmax(1).cpu().numpy()
+            out = np.zeros((len(self), p.shape[1])) if out is None else out
+            np.add.at(out, owners[s : s + batch], p)
+        return out / np.bincount(owners, minlength=len(self))[:, None]
+
+    def accuracy(self, model: torch.nn.Module, run: Run, zero: str | None = None) -> float:
+        """The share of clips whose mean window softmax picks their label (every clip, on any rank)."""
+        return float((self.predict(model, zero).argmax(1) == self.labels).mean())
+
     def state(self) -> dict[str, Any]:
         return {}
 

@@ -36,7 +36,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.action.noisy import estimation as est
-from training.action.noisy.arrays import ArraySet, eval_windows, window_batch
 from training.action.noisy.losses import (
     cross_modal_nce,
     gce_loss,
@@ -211,30 +210,9 @@ def _epoch_loop(run: Run, models: list[nn.Module], optimizers: list, schedulers:
                 generators={"batches": rng}, offset=offset, total=total)
 
 
-@torch.inference_mode()
-def predict(model: nn.Module, data: ArraySet, zero: str | None = None, batch: int = 64) -> np.ndarray:
-    """(N, K) clip probabilities: softmax per sliding window, averaged over the clip, as the service does."""
-    model.eval()
-    owners, starts = eval_windows(data)
-    out = None
-    for s in range(0, len(owners), batch):
-        video, audio = window_batch(data, owners[s : s + batch], starts[s : s + batch])
-        if zero == "video":
-            video.zero_()
-        elif zero == "audio":
-            audio.zero_()
-        dev = next(model.parameters()).device
-        p = model(video.to(dev), audio.to(dev)).softmax(1).cpu().numpy()
-        out = np.zeros((len(data), p.shape[1])) if out is None else out
-        np.add.at(out, owners[s : s + batch], p)
-    return out / np.bincount(owners, minlength=len(data))[:, None]
-
-
 def accuracy(model: nn.Module, data: ClipSource, zero: str | None = None, run: Run | None = None) -> float:
     """The share of clips whose mean window softmax (the service's sliding windows) picks their label. A streamed
     set's clips are split over the ranks and the counts summed: call it on every rank."""
-    if isinstance(data, ArraySet):
-        return float((predict(model, data, zero).argmax(1) == data.labels).mean())
     return data.accuracy(model, run or Run.local(next(model.parameters()).device), zero)
 
 

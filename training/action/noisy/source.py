@@ -70,6 +70,10 @@ class ClipSource(Protocol):
         """``(clip indices, video (b, 3, T, H, W), audio (b, S))`` of each clip's middle window, on ``run.device``,
         in blocks of ``batch``: every clip on rank 0 (``sharded`` False) or this rank's contiguous share."""
 
+    def accuracy(self, model: torch.nn.Module, run: Run, zero: str | None = None) -> float:
+        """The share of clips whose mean window softmax (the service's sliding windows) picks their label; ``zero``
+        feeds zeros for one modality. A streamed set splits the clips over the ranks: call it on every rank."""
+
     def state(self) -> dict[str, Any]:
         """What a checkpoint keeps of the source (a streamed set's failure counts); {} for none."""
 
