@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import platform
+import sys
 import tempfile
 import time
 from fractions import Fraction
@@ -84,6 +85,13 @@ def bare_decode(path: Path) -> int:
             for _ in packet.decode():
                 n += 1
     return n
+
+
+def write_report(out: Path, script: str, argv: list[str] | None, text: str) -> None:
+    """``text`` as ``out`` with the suffix .md, headed by the command that measured it: ``benchmarks/SCRIPT`` and its
+    arguments (``argv``, or the process's own). serve_load.py and serve_overhead.py write theirs with it too."""
+    command = " ".join(["python", f"benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)])
+    out.with_suffix(".md").write_text(f"Command: `{command}`\n\n{text}")
 
 
 def parse_size(text: str) -> tuple[int, int, int]:
@@ -157,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         video = f"{r['width']}x{r['height']} {r['fps']:g} fps, {r['seconds']:.0f} s"
         lines.append(f"| {video} | {r['rounds']} | {r['bare_s'] * 1e3:.1f} ms | " + " | ".join(cells) + " |")
     table = "\n".join(lines) + "\n"
-    args.out.with_suffix(".md").write_text(f"Command: `python benchmarks/decode_speed.py`\n\n{table}")
+    write_report(args.out, "decode_speed.py", argv, table)
     print(table)
     return 0
 

@@ -43,7 +43,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode_speed import parse_size, write_video  # noqa: E402
+from decode_speed import parse_size, write_report, write_video  # noqa: E402
 
 log = logging.getLogger("serve_load")
 REPO = Path(__file__).resolve().parents[1]
@@ -260,10 +260,9 @@ def main(argv: list[str] | None = None) -> int:
                      f"{r['server_cores']:.2f} | {fmt(r['server_cpu_per_success_s'])} | {r['client_cores']:.2f} | "
                      f"{r['other_cores']:.2f} |")
     table = "\n".join(lines) + "\n"
-    args.out.with_suffix(".md").write_text(
-        f"Command: `python benchmarks/serve_load.py {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n"
-        f"Route {args.route}, {args.size} videos, providers {args.providers}, server RSS after start "
-        f"{base_rss / 2**20:.0f} MiB.\n\n{table}")
+    write_report(args.out, "serve_load.py", argv,
+                 f"Route {args.route}, {args.size} videos, providers {args.providers}, server RSS after start "
+                 f"{base_rss / 2**20:.0f} MiB.\n\n{table}")
     print(table)
     return 0
 

@@ -36,7 +36,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode_speed import parse_size, write_video  # noqa: E402
+from decode_speed import parse_size, write_report, write_video  # noqa: E402
 from serve_load import Server  # noqa: E402
 
 from app.service import _cores  # noqa: E402
@@ -194,9 +194,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"{r['ratio']:.2f}x | {(r['answer_bytes'] or 0) / 1024:.0f} KiB |")
     table = "\n".join(lines) + "\n"
     what = str(args.video) if args.video else f"{args.size}, {args.seconds:g} s"
-    args.out.with_suffix(".md").write_text(
-        f"Command: `python benchmarks/serve_overhead.py {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n"
-        f"Video {what} ({len(body)} bytes), {args.rounds} rounds, decode threads {local.threads}.\n\n{table}")
+    write_report(args.out, "serve_overhead.py", argv,
+                 f"Video {what} ({len(body)} bytes), {args.rounds} rounds, decode threads {local.threads}.\n\n{table}")
     print(table)
     return 0
 
