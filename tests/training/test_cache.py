@@ -3,19 +3,16 @@ beside the manifest, read by the same streaming datasets, which then cut the ver
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from procs import run_cli as cli
 
 from model_store import media
 from training.avsync.stream import PairSource, PairWindows
-from training.cli import main
 from training.data.cache import CacheWriter, DecodedCache, cache_dir
 from training.data.collection import read_manifest
 from training.data.prepare import prepare
@@ -91,15 +88,8 @@ def test_shards_roll_over_and_an_unfinished_cache_is_ignored(cached, tmp_path):
 
 
 def run_cli(args: list[str]) -> tuple[int, dict | None]:
-    out = io.StringIO()
-    threads = torch.get_num_threads()
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-            code = main(args)
-    finally:
-        torch.set_num_threads(threads)
-    lines = [line for line in out.getvalue().splitlines() if line.startswith("{")]
-    return code, json.loads(lines[-1]) if lines else None
+    code, answer, _ = cli(args)
+    return code, answer
 
 
 def test_training_from_the_cache_gives_the_weights_of_decoding(cached, tmp_path):

@@ -4,9 +4,6 @@ command under ``torchrun --nproc_per_node=2`` (gloo) gives one run directory and
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import io
 import json
 import os
 import signal
@@ -17,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from procs import torchrun
+from procs import metric_rows, torchrun
+from procs import run_cli as cli
 
-from training.cli import main
 from training.engine import RunError
 from training.utils import load_checkpoint
 
@@ -51,14 +48,10 @@ TRAINERS = ["pretrain", "separation", "action", "noisy-ntl", "noisy-coteaching",
 
 
 def run_cli(args: list[str]) -> dict:
-    buf = io.StringIO()
-    threads = torch.get_num_threads()
-    try:
-        with contextlib.redirect_stdout(buf):
-            assert main(args) == 0
-    finally:
-        torch.set_num_threads(threads)
-    return json.loads(buf.getvalue().strip().splitlines()[-1])
+    """The command's JSON answer; it must succeed."""
+    code, answer, err = cli(args)
+    assert code == 0 and answer is not None, err
+    return answer
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -67,11 +60,6 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 
 def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def metric_rows(out: Path) -> list[dict[str, str]]:
-    with (out / "metrics.csv").open(newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def losses(out: Path) -> list[float]:
