@@ -1,7 +1,9 @@
-"""``python -m training`` for the tests: :func:`torchrun`, two ranks on gloo, in a process group of their own that is
-killed whole when it overruns (killing only the launcher would leave the ranks holding the output pipes, and the
-test waiting on them forever); :func:`run_cli`, one command in this process; :func:`metric_rows`, a run's
-metrics.csv."""
+"""``python -m training`` for the tests: :func:`torchrun`, two ranks on gloo, killed whole (launcher, ranks and their
+loader workers) when it overruns, each rank's Python stacks first printed into the stderr the assertion shows;
+:func:`run_cli`, one command in this process; :func:`metric_rows`, a run's metrics.csv.
+
+torchrun starts each rank in a session of its own, so killing the launcher's process group leaves the ranks alive,
+holding the output pipes, and the test waiting on them forever: the process tree is walked instead."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -22,9 +25,38 @@ from training.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def torchrun(args: list[str], out: Path | None = None, nproc: int = 2, timeout: float = 600
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children first, then theirs), read from /proc."""
+    parent = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parent[int(stat.parent.name)] = int(fields[1])
+    out, frontier = [], [pid]
+    while frontier:
+        frontier = [p for p, pp in parent.items() if pp in frontier]
+        out += frontier
+    return out
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGABRT to every process under the launcher (faulthandler, on through PYTHONFAULTHANDLER, prints each one's
+    Python stacks to stderr), then SIGKILL to all of them and the launcher's group."""
+    tree = descendants(proc.pid)
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGABRT)
+    time.sleep(2.0)
+    for pid in [proc.pid, *tree]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def torchrun(args: list[str], out: Path | None = None, nproc: int = 2, timeout: float = 420
              ) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m",
            "training", *args, *([f"out={out}"] if out is not None else [])]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -32,10 +64,10 @@ def torchrun(args: list[str], out: Path | None = None, nproc: int = 2, timeout: 
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
+        _kill_tree(proc)
+        stdout, stderr = proc.communicate(timeout=60)
         raise AssertionError(f"torchrun overran {timeout:.0f} s and was killed: {' '.join(args)}\n"
-                             f"{stderr[-3000:]}") from None
+                             f"{stderr[-12000:]}") from None
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
