@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,7 @@ from training.data.streaming import (
     seed_worker,
 )
 from training.data.synthav import write_video
+from training.data.workers import worker_context
 from training.models import clip_spec_for
 from training.utils import load_checkpoint
 
@@ -91,6 +94,30 @@ def test_streamed_items_do_not_depend_on_the_number_of_workers(kinetics_manifest
     f0 = int(round(start * SPEC.fps))
     assert torch.equal(video[0], torch.from_numpy(full.frames[f0:f0 + SPEC.frames]))
     assert int(rows[0]) == i and int(target[0]) == table.label_index(table.labels)[i]
+
+
+class _Parent(torch.utils.data.Dataset):
+    """Each item: the process id of the worker's parent."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> int:
+        return os.getppid()
+
+
+def test_loader_workers_come_from_the_fork_server_not_from_the_calling_process():
+    """The caller runs a thread (as a rank runs gloo's, or a live loader its feeder) while workers start: they are
+    forked from the fork server, a process of its own, so none can inherit a lock that thread holds."""
+    stop = threading.Event()
+    beside = threading.Thread(target=stop.wait, daemon=True)
+    beside.start()
+    try:
+        parents = {int(p) for p in DataLoader(_Parent(), batch_size=None, num_workers=2,
+                                               multiprocessing_context=worker_context())}
+    finally:
+        stop.set()
+    assert len(parents) == 1 and os.getpid() not in parents
 
 
 def test_normalize_frames_is_normalize_video():

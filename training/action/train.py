@@ -44,6 +44,7 @@ from training.data.streaming import (
     seed_worker,
 )
 from training.data.synthav import ACTION_CLASSES
+from training.data.workers import worker_context
 from training.engine import Loop, Run, RunOptions, fit_to_best, val_metrics
 from training.models import clip_spec_for, create_model, model_config
 
@@ -304,6 +305,7 @@ def train_action(cfg: ActionTrainConfig, init_state: dict[str, torch.Tensor] | N
             # (a resumed run creates one iterator more than an uninterrupted one)
             loader = DataLoader(train_set, batch_sampler=sampler, num_workers=workers,
                                 pin_memory=device.type == "cuda", worker_init_fn=seed_worker if workers else None,
+                                multiprocessing_context=worker_context() if workers else None,
                                 prefetch_factor=cfg.stream.prefetch if streaming and workers else None,
                                 generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
             batches.update(epoch=epoch, it=iter(loader))
@@ -416,6 +418,7 @@ def make_val_loader(cfg: ActionTrainConfig, clip: ClipSpec, labels: list[str], r
         return DataLoader(ClipWindows(mine, clip, targets, cache=find_cache(table, clip, cfg.stream)),
                           batch_size=8,
                           collate_fn=cat_clip_windows, num_workers=workers,
-                          worker_init_fn=seed_worker if workers else None)
+                          worker_init_fn=seed_worker if workers else None,
+                          multiprocessing_context=worker_context() if workers else None)
     val_clips = load_split(cfg.data.val, clip, labels, cfg.data, cfg.progress)
     return DataLoader(WindowDataset(val_clips[rank::world_size], clip, train=False), batch_size=64)

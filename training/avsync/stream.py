@@ -27,6 +27,7 @@ from training.avsync.pairs import Pair, draw_batch, draw_pair, heldout_pairs
 from training.data.cache import DecodedCache
 from training.data.collection import ClipTable
 from training.data.streaming import StreamOptions, normalize_frames, seed_worker
+from training.data.workers import worker_context
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +178,7 @@ def pair_loader(dataset: PairWindows, batches: Sampler | list[list[PairJob]], wo
                 pin: bool, seed: int) -> DataLoader:
     return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin,
                       worker_init_fn=seed_worker if workers else None, prefetch_factor=prefetch if workers else None,
+                      multiprocessing_context=worker_context() if workers else None,
                       generator=torch.Generator().manual_seed(seed))
 
 

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from model_store.manifest import ClipSpec
 from model_store.media import Decoded, MediaLimits, cut_windows, decode, normalize_video
 from training.data.collection import ALL_SPLITS, is_manifest, read_manifest, split_labels, split_spec
+from training.data.workers import worker_context
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ def load_clips(
             raise ValueError(f"{r.video}: label {r.label!r} is not one of {list(labels)}")
     jobs = [(r.video, spec, r.start_s, r.end_s) for r in records]
     if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
+        with ProcessPoolExecutor(workers, mp_context=worker_context()) as pool:
             decoded = list(_progress(pool.map(_decode_one, jobs, chunksize=8), len(jobs), progress, "decode"))
     else:
         decoded = [_decode_one(j) for j in _progress(jobs, len(jobs), progress, "decode")]

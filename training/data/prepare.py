@@ -49,6 +49,7 @@ from model_store.manifest import ClipSpec
 from model_store.media import Decoded, MediaError, MediaLimits, decode, decode_span, probe
 from training.data.cache import CacheWriter, cache_dir, spec_key
 from training.data.collection import LABEL_SEP, ManifestRow, write_manifest
+from training.data.workers import worker_context
 
 log = logging.getLogger(__name__)
 
@@ -428,7 +429,7 @@ def prepare(source: str | Path, out: str | Path, layout: str = "auto", workers: 
     skipped: list[Skipped] = []
     with contextlib.ExitStack() as stack:
         if workers > 1:
-            pool = stack.enter_context(ProcessPoolExecutor(workers))
+            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=worker_context()))
             results = pool.map(_check_job, jobs, chunksize=max(1, min(16, len(jobs) // (8 * workers))))
         else:
             results = map(_check_job, jobs)

@@ -751,7 +751,9 @@ def write_action_dataset(
     if workers > 1:
         from concurrent.futures import ProcessPoolExecutor
 
-        pool = ProcessPoolExecutor(workers)
+        from training.data.workers import worker_context
+
+        pool = ProcessPoolExecutor(workers, mp_context=worker_context())
         rows_iter = pool.map(_write_one, jobs, chunksize=4)
     else:
         pool = None

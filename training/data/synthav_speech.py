@@ -384,7 +384,9 @@ def write_speech_dataset(out: str | Path, n: int, seed: int, kind: str = "speech
     if workers > 1:
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(workers) as pool:
+        from training.data.workers import worker_context
+
+        with ProcessPoolExecutor(workers, mp_context=worker_context()) as pool:
             rows = list(_maybe_progress(pool.map(_write_one, jobs, chunksize=4), n, progress))
     else:
         rows = list(_maybe_progress(map(_write_one, jobs), n, progress))

@@ -32,6 +32,7 @@ from model_store.media import MediaError, MediaLimits, cut_window, decode_window
 from training.data.cache import DecodedCache
 from training.data.collection import ClipTable
 from training.data.streaming import DataFailure, StreamOptions, frame_start, seed_worker
+from training.data.workers import worker_context
 from training.separation.mixing import AugConfig, MixConfig, mix_voices
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,7 @@ def mix_loader(dataset: MixWindows, batches: Sampler | list[list[tuple[int, int]
     workers = options.workers
     return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin,
                       worker_init_fn=seed_worker if workers else None,
+                      multiprocessing_context=worker_context() if workers else None,
                       prefetch_factor=options.prefetch if workers else None,
                       generator=torch.Generator().manual_seed(seed))
 

@@ -133,6 +133,9 @@ def test_streamed_batches_do_not_depend_on_the_number_of_workers(heads_with_bad)
 
     one, two = batches(0), batches(2)
     assert len(one) == 2
+    # the workers come from the fork server (training.data.workers), not from a fork of this process
+    loader = mix_loader(dataset, StepMixes(1, 3, [0]), StreamOptions(workers=2), False, 0)
+    assert loader.multiprocessing_context.get_start_method() == "forkserver"
     for a, b in zip(one, two, strict=True):
         assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     # a rank's share (positions 2, 3 of each global batch) is exactly those items

@@ -46,6 +46,7 @@ from training.data.streaming import (
     seed_worker,
     window_draws,
 )
+from training.data.workers import worker_context
 
 if TYPE_CHECKING:
     from training.engine import Run
@@ -202,6 +203,7 @@ class StreamedClips:
         # its own generator: a loader's iterator draws a base seed, which must not come from torch's global stream
         return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda",
                           worker_init_fn=seed_worker if workers else None,
+                          multiprocessing_context=worker_context() if workers else None,
                           prefetch_factor=self.options.prefetch if workers else None,
                           generator=torch.Generator().manual_seed(self.seed * 100_003 + key), **kw)
 
