@@ -10,7 +10,11 @@ loader hung at fork), and a stuck rank stalled a whole test run. The server star
 plain fork.
 
 What a worker needs travels to it pickled (a loader's dataset, a pool's function and arguments): datasets keep
-to picklable state and reopen their files and memory maps where they land.
+to picklable state and reopen their files and memory maps where they land. As with every start method but plain
+fork, a worker imports the script that started the program: a script of your own that trains, prepares or
+decodes with workers must keep its top level to definitions and call its work under ``if __name__ ==
+"__main__":`` (``python -m training`` and the scripts in ``benchmarks/`` do; without it Python stops at the
+first worker with a RuntimeError that says so).
 """
 
 from __future__ import annotations
