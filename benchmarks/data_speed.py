@@ -19,8 +19,9 @@ like; on a shared machine the absolute figures move.
 **Memory.** A manifest of ``--rows`` rows (the same few small clips repeated) is read into its
 :class:`~training.data.collection.ClipTable` and iterated for ``--memory-windows`` windows with 2 workers; the
 resident memory (RSS) of the main process and of the workers, and their proportional share (PSS, which counts pages
-the workers share, through the fork server they are forked from, once), are sampled as it goes. Flat figures mean the table is not
-copied into the workers page by page (what Python lists of per-row objects do through reference counting).
+the workers share, through the fork server they are forked from, once), are sampled as it goes. Flat figures mean
+the table is not copied into the workers page by page (what Python lists of per-row objects do through reference
+counting).
 """
 
 from __future__ import annotations

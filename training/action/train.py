@@ -40,11 +40,10 @@ from training.data.streaming import (
     StreamOptions,
     cat_clip_windows,
     find_cache,
+    loader_workers,
     normalize_frames,
-    seed_worker,
 )
 from training.data.synthav import ACTION_CLASSES
-from training.data.workers import worker_context
 from training.engine import Loop, Run, RunOptions, fit_to_best, val_metrics
 from training.models import clip_spec_for, create_model, model_config
 
@@ -303,9 +302,8 @@ def train_action(cfg: ActionTrainConfig, init_state: dict[str, torch.Tensor] | N
                                    start=b)
             # its own generator: a loader's iterator draws a base seed, which must not come from the global stream
             # (a resumed run creates one iterator more than an uninterrupted one)
-            loader = DataLoader(train_set, batch_sampler=sampler, num_workers=workers,
-                                pin_memory=device.type == "cuda", worker_init_fn=seed_worker if workers else None,
-                                multiprocessing_context=worker_context() if workers else None,
+            loader = DataLoader(train_set, batch_sampler=sampler, pin_memory=device.type == "cuda",
+                                **loader_workers(workers),
                                 prefetch_factor=cfg.stream.prefetch if streaming and workers else None,
                                 generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
             batches.update(epoch=epoch, it=iter(loader))
@@ -417,8 +415,6 @@ def make_val_loader(cfg: ActionTrainConfig, clip: ClipSpec, labels: list[str], r
             targets = mine.label_index(labels)
         return DataLoader(ClipWindows(mine, clip, targets, cache=find_cache(table, clip, cfg.stream)),
                           batch_size=8,
-                          collate_fn=cat_clip_windows, num_workers=workers,
-                          worker_init_fn=seed_worker if workers else None,
-                          multiprocessing_context=worker_context() if workers else None)
+                          collate_fn=cat_clip_windows, **loader_workers(workers))
     val_clips = load_split(cfg.data.val, clip, labels, cfg.data, cfg.progress)
     return DataLoader(WindowDataset(val_clips[rank::world_size], clip, train=False), batch_size=64)

@@ -26,8 +26,7 @@ from model_store.media import MediaError, MediaLimits, cut_window, decode_span
 from training.avsync.pairs import Pair, draw_batch, draw_pair, heldout_pairs
 from training.data.cache import DecodedCache
 from training.data.collection import ClipTable
-from training.data.streaming import StreamOptions, normalize_frames, seed_worker
-from training.data.workers import worker_context
+from training.data.streaming import StreamOptions, loader_workers, normalize_frames
 
 log = logging.getLogger(__name__)
 
@@ -176,9 +175,8 @@ class StepJobs(Sampler[list[PairJob]]):
 
 def pair_loader(dataset: PairWindows, batches: Sampler | list[list[PairJob]], workers: int, prefetch: int,
                 pin: bool, seed: int) -> DataLoader:
-    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin,
-                      worker_init_fn=seed_worker if workers else None, prefetch_factor=prefetch if workers else None,
-                      multiprocessing_context=worker_context() if workers else None,
+    return DataLoader(dataset, batch_sampler=batches, pin_memory=pin, **loader_workers(workers),
+                      prefetch_factor=prefetch if workers else None,
                       generator=torch.Generator().manual_seed(seed))
 
 

@@ -23,6 +23,7 @@ import math
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ from model_store.manifest import ClipSpec
 from model_store.media import MediaError, MediaLimits, Window, cut_window, decode_span, decode_window, window_starts
 from training.data.cache import DecodedCache
 from training.data.collection import ClipTable, MultiHot
+from training.data.workers import worker_context
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,13 @@ def seed_worker(worker_id: int) -> None:  # noqa: ARG001 - DataLoader's worker_i
     np.random.seed(seed)
     random.seed(seed)
     torch.set_num_threads(1)
+
+
+def loader_workers(workers: int) -> dict[str, Any]:
+    """DataLoader keywords for ``workers`` decoding processes (none: decode in the calling process): each seeded by
+    :func:`seed_worker` and forked from the fork server (:mod:`training.data.workers`)."""
+    return {"num_workers": workers, "worker_init_fn": seed_worker if workers else None,
+            "multiprocessing_context": worker_context() if workers else None}
 
 
 def normalize_frames(video: torch.Tensor, spec: ClipSpec) -> torch.Tensor:

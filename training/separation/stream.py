@@ -31,8 +31,7 @@ from model_store.manifest import ClipSpec
 from model_store.media import MediaError, MediaLimits, cut_window, decode_window
 from training.data.cache import DecodedCache
 from training.data.collection import ClipTable
-from training.data.streaming import DataFailure, StreamOptions, frame_start, seed_worker
-from training.data.workers import worker_context
+from training.data.streaming import DataFailure, StreamOptions, frame_start, loader_workers
 from training.separation.mixing import AugConfig, MixConfig, mix_voices
 
 log = logging.getLogger(__name__)
@@ -164,9 +163,7 @@ def mix_loader(dataset: MixWindows, batches: Sampler | list[list[tuple[int, int]
     """Batches of ``dataset``'s items decoded in ``options.workers`` processes (pinned for a CUDA device). ``seed``
     seeds the loader's own generator: the workers' base seed, never drawn from the global stream."""
     workers = options.workers
-    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin,
-                      worker_init_fn=seed_worker if workers else None,
-                      multiprocessing_context=worker_context() if workers else None,
+    return DataLoader(dataset, batch_sampler=batches, pin_memory=pin, **loader_workers(workers),
                       prefetch_factor=options.prefetch if workers else None,
                       generator=torch.Generator().manual_seed(seed))
 

@@ -42,11 +42,10 @@ from training.data.streaming import (
     StreamingWindows,
     StreamOptions,
     cat_clip_windows,
+    loader_workers,
     normalize_frames,
-    seed_worker,
     window_draws,
 )
-from training.data.workers import worker_context
 
 if TYPE_CHECKING:
     from training.engine import Run
@@ -201,9 +200,7 @@ class StreamedClips:
     def _loader(self, dataset: Dataset, batches: list, key: int, device: torch.device, **kw: Any) -> DataLoader:
         workers = self.options.workers
         # its own generator: a loader's iterator draws a base seed, which must not come from torch's global stream
-        return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda",
-                          worker_init_fn=seed_worker if workers else None,
-                          multiprocessing_context=worker_context() if workers else None,
+        return DataLoader(dataset, batch_sampler=batches, pin_memory=device.type == "cuda", **loader_workers(workers),
                           prefetch_factor=self.options.prefetch if workers else None,
                           generator=torch.Generator().manual_seed(self.seed * 100_003 + key), **kw)
 
