@@ -104,21 +104,37 @@ def build_separation(root: Path, cache_dir: str, checkpoint: str | Path | None =
     _publish_fresh(root, "separation", Path(checkpoint), EVAL_DATA["separation"], cache_dir, extra)
 
 
+# The action recipe is trained with each of these seeds and the run with the best noisy-validation accuracy is
+# shipped (no clean label is used; ties go to the lower seed). At 12 epochs one seed in three folded a class into
+# another; at 20 epochs seeds 0-3 scored 0.912-0.998 on unseen clips, and the noisy validation ranked the best first.
+ACTION_SEEDS = (0, 1, 2, 3)
+
+
 def build_action(root: Path, cache_dir: str) -> None:
     """The action model is trained with noise-tolerant learning on deliberately noisy SynthAV labels and
-    audio (``action_ntl.yaml``: 40 % symmetric label noise, 20 % correspondence noise) and scored clean."""
+    audio (``action_ntl.yaml``: 40 % symmetric label noise, 20 % correspondence noise), once per seed of
+    :data:`ACTION_SEEDS`; the run whose checkpoint scores best on the (equally noisy) validation split is published
+    and scored clean."""
     from training.action.noisy.train import NoisyActionConfig, train_action_noisy
     from training.config import load_config
 
     config = CONFIGS / "action_ntl.yaml"
-    cfg = load_config(NoisyActionConfig, config, fresh(cache_dir))
-    metrics = train_action_noisy(cfg)
-    extra = {"build": f"python -m training build-defaults --tasks action (config {config.name})",
+    runs = []
+    for seed in ACTION_SEEDS:
+        base = load_config(NoisyActionConfig, config, fresh(cache_dir))
+        cfg = load_config(NoisyActionConfig, config, [*fresh(cache_dir), f"seed={seed}", f"out={base.out}_seed{seed}"])
+        runs.append((cfg, train_action_noisy(cfg)))
+    cfg, metrics = max(runs, key=lambda run: run[1]["val_noisy_accuracy"])  # the first of equals: the lower seed
+    extra = {"build": f"python -m training build-defaults --tasks action (config {config.name}, seeds "
+                      f"{list(ACTION_SEEDS)}, the best on noisy validation kept)",
              "method": cfg.method,
+             "seed": cfg.seed,
+             "seeds_val_noisy_accuracy": {str(c.seed): m["val_noisy_accuracy"] for c, m in runs},
              "noise": {"train": metrics["noise"], "val": metrics["val_noise"],
-                       "note": "noise injected into the training and validation splits only; the checkpoint is "
-                               "selected on noisy validation labels; metrics are on clean, unseen clips"},
+                       "note": "noise injected into the training and validation splits only; the checkpoint and the "
+                               "seed are selected on noisy validation labels; metrics are on clean, unseen clips"},
              "train_metrics": metrics}
+    log.info("action: noisy-validation accuracy by seed %s; seed %d kept", extra["seeds_val_noisy_accuracy"], cfg.seed)
     _publish_fresh(root, "action", Path(cfg.out) / "best.pt", EVAL_DATA["action"], cache_dir, extra)
 
 

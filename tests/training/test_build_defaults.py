@@ -1,0 +1,34 @@
+"""build-defaults' action stage: the recipe is trained once per seed and the run with the best noisy-validation
+accuracy is published (ties to the lower seed), with every seed's figure in the manifest. The training and the
+publishing are replaced by recorders here; the recipe itself is tested through train-action."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import training.action.noisy.train as noisy_train
+import training.build_defaults as bd
+
+
+def test_action_stage_trains_every_seed_and_publishes_the_best_on_noisy_validation(monkeypatch, tmp_path) -> None:
+    val = {0: 0.50625, 1: 0.50625, 2: 0.49375, 3: 0.51875, 4: 0.51875}
+    trained, published = [], {}
+
+    def fake_train(cfg):
+        trained.append((cfg.seed, cfg.out, cfg.optim.epochs, cfg.overwrite))
+        return {"val_noisy_accuracy": val[cfg.seed], "noise": {"n": 1600}, "val_noise": {"n": 160}}
+
+    def fake_publish(root, task, checkpoint, eval_data, cache_dir, extra):
+        published.update(root=root, task=task, checkpoint=checkpoint, extra=extra)
+
+    monkeypatch.setattr(noisy_train, "train_action_noisy", fake_train)
+    monkeypatch.setattr(bd, "_publish_fresh", fake_publish)
+    monkeypatch.setattr(bd, "ACTION_SEEDS", (0, 1, 2, 3, 4))
+    bd.build_action(tmp_path / "store", "data/synthav")
+    assert [t[0] for t in trained] == [0, 1, 2, 3, 4]
+    assert len({t[1] for t in trained}) == 5 and all(t[1].endswith(f"_seed{t[0]}") for t in trained)
+    assert all(t[2] == 20 and t[3] for t in trained)  # the config's epochs; every run starts afresh
+    assert published["task"] == "action"
+    assert published["checkpoint"] == Path(trained[3][1]) / "best.pt"  # 3 and 4 tie at the top: the lower seed
+    extra = published["extra"]
+    assert extra["seed"] == 3 and extra["seeds_val_noisy_accuracy"] == {str(k): v for k, v in val.items()}
