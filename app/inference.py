@@ -10,7 +10,6 @@ into chunks that are queued separately (and may share runs with other requests' 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -92,8 +91,10 @@ class MicroBatcher:
         worker, self._worker = self._worker, None
         if worker is not None:
             worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker
+            # bounded: a run still in its thread must not hold up the service's shutdown for ever
+            _, late = await asyncio.wait({worker}, timeout=10.0)
+            if late:
+                log.warning("%s batcher: its worker did not stop within 10 s; left behind", self.name)
         pending = [self._carry] if self._carry is not None else []
         self._carry = None
         while self._queue is not None and not self._queue.empty():

@@ -34,6 +34,7 @@ from app.admission import Stopped, Work, current_work
 from model_store.media import MediaError
 
 log = logging.getLogger(__name__)
+STOP_GRACE_S = 10.0  # how long stopping the service waits for cancelled jobs to end
 
 TRACKS = ("on_screen", "off_screen")
 FORMATS = {"wav": ("WAV", "PCM_16", "audio/wav"), "flac": ("FLAC", "PCM_16", "audio/flac")}
@@ -322,9 +323,12 @@ class JobRunner:
         for job_id, task in list(self._tasks.items()):
             self._work[job_id].cancel("the service stopped while the job was running")
             task.cancel()
-        for task in [*self._workers, *self._tasks.values()]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # bounded: a task that does not end within STOP_GRACE_S is left behind (logged), the service still stops
+        tasks = [*self._workers, *self._tasks.values()]
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=STOP_GRACE_S)
+            if late:
+                log.warning("%d job task(s) did not stop within %g s; left behind", len(late), STOP_GRACE_S)
         self._workers.clear()
         for record in self._records.values():
             if record.status not in FINISHED:
