@@ -19,6 +19,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+STOP_GRACE_S = 10.0  # how long stopping the service waits for a cancelled task (a batcher's worker, a job) to end
+
 Feeds = dict[str, np.ndarray]
 RunFn = Callable[[Feeds], Feeds]
 
@@ -92,9 +94,9 @@ class MicroBatcher:
         if worker is not None:
             worker.cancel()
             # bounded: a run still in its thread must not hold up the service's shutdown for ever
-            _, late = await asyncio.wait({worker}, timeout=10.0)
+            _, late = await asyncio.wait({worker}, timeout=STOP_GRACE_S)
             if late:
-                log.warning("%s batcher: its worker did not stop within 10 s; left behind", self.name)
+                log.warning("%s batcher: its worker did not stop within %g s; left behind", self.name, STOP_GRACE_S)
         pending = [self._carry] if self._carry is not None else []
         self._carry = None
         while self._queue is not None and not self._queue.empty():

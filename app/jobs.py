@@ -31,10 +31,10 @@ import numpy as np
 import soundfile as sf
 
 from app.admission import Stopped, Work, current_work
+from app.inference import STOP_GRACE_S
 from model_store.media import MediaError
 
 log = logging.getLogger(__name__)
-STOP_GRACE_S = 10.0  # how long stopping the service waits for cancelled jobs to end
 
 TRACKS = ("on_screen", "off_screen")
 FORMATS = {"wav": ("WAV", "PCM_16", "audio/wav"), "flac": ("FLAC", "PCM_16", "audio/flac")}

@@ -119,10 +119,10 @@ def build_action(root: Path, cache_dir: str) -> None:
     from training.config import load_config
 
     config = CONFIGS / "action_ntl.yaml"
+    out = load_config(NoisyActionConfig, config, fresh(cache_dir)).out  # each seed's run beside it, _seedS
     runs = []
     for seed in ACTION_SEEDS:
-        base = load_config(NoisyActionConfig, config, fresh(cache_dir))
-        cfg = load_config(NoisyActionConfig, config, [*fresh(cache_dir), f"seed={seed}", f"out={base.out}_seed{seed}"])
+        cfg = load_config(NoisyActionConfig, config, [*fresh(cache_dir), f"seed={seed}", f"out={out}_seed{seed}"])
         runs.append((cfg, train_action_noisy(cfg)))
     cfg, metrics = max(runs, key=lambda run: run[1]["val_noisy_accuracy"])  # the first of equals: the lower seed
     extra = {"build": f"python -m training build-defaults --tasks action (config {config.name}, seeds "
