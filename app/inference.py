@@ -10,8 +10,9 @@ into chunks that are queued separately (and may share runs with other requests' 
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import anyio
@@ -23,6 +24,14 @@ STOP_GRACE_S = 10.0  # how long stopping the service waits for a cancelled task 
 
 Feeds = dict[str, np.ndarray]
 RunFn = Callable[[Feeds], Feeds]
+
+
+def task_stacks(tasks: Iterable[asyncio.Task]) -> str:
+    """Where each task waits: what a warning about a task that ignored its cancellation should show."""
+    out = io.StringIO()
+    for task in tasks:
+        task.print_stack(file=out)
+    return out.getvalue()
 
 
 class BatcherClosed(RuntimeError):
@@ -96,7 +105,8 @@ class MicroBatcher:
             # bounded: a run still in its thread must not hold up the service's shutdown for ever
             _, late = await asyncio.wait({worker}, timeout=STOP_GRACE_S)
             if late:
-                log.warning("%s batcher: its worker did not stop within %g s; left behind", self.name, STOP_GRACE_S)
+                log.warning("%s batcher: its worker did not stop within %g s; left behind:\n%s", self.name,
+                            STOP_GRACE_S, task_stacks(late))
         pending = [self._carry] if self._carry is not None else []
         self._carry = None
         while self._queue is not None and not self._queue.empty():

@@ -31,7 +31,7 @@ import numpy as np
 import soundfile as sf
 
 from app.admission import Stopped, Work, current_work
-from app.inference import STOP_GRACE_S
+from app.inference import STOP_GRACE_S, task_stacks
 from model_store.media import MediaError
 
 log = logging.getLogger(__name__)
@@ -328,7 +328,8 @@ class JobRunner:
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=STOP_GRACE_S)
             if late:
-                log.warning("%d job task(s) did not stop within %g s; left behind", len(late), STOP_GRACE_S)
+                log.warning("%d job task(s) did not stop within %g s; left behind:\n%s", len(late), STOP_GRACE_S,
+                            task_stacks(late))
         self._workers.clear()
         for record in self._records.values():
             if record.status not in FINISHED:
@@ -359,8 +360,13 @@ class JobRunner:
             self._work[job_id].cancel("cancelled by the client")
             task = self._tasks[job_id]
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            try:
                 await task
+            except asyncio.CancelledError:
+                if asyncio.current_task().cancelling():  # the request asking is itself being cancelled
+                    raise
+            except Exception:  # noqa: S110 - the job's own failure: its worker records it
+                pass
         if record.status not in FINISHED:
             self._finish(record, "cancelled", "cancelled by the client")
         return record
@@ -381,6 +387,24 @@ class JobRunner:
         self._save(record)
         log.info("job %s (%s) %s%s", record.id, record.kind, status, f": {detail}" if detail else "")
 
+    def _settle(self, record: JobRecord, task: asyncio.Task, work_: Work) -> None:
+        """Finish ``record`` as its ended ``task`` ended (unless a cancel already finished it)."""
+        if record.status in FINISHED:
+            return
+        if task.cancelled():
+            self._finish(record, "cancelled", work_.reason or "cancelled")
+            return
+        exc = task.exception()
+        if exc is None:
+            self._finish(record, "done", result=task.result())
+        elif isinstance(exc, MediaError):
+            self._finish(record, "failed", exc.detail)
+        elif isinstance(exc, Stopped):
+            self._finish(record, "cancelled" if "client" in exc.reason else "failed", exc.reason)
+        else:
+            log.error("job %s (%s) failed", record.id, record.kind, exc_info=exc)
+            self._finish(record, "failed", "an internal error occurred; it has been logged")
+
     async def _serve(self) -> None:
         assert self._queue is not None
         while True:
@@ -398,21 +422,18 @@ class JobRunner:
             task = asyncio.get_running_loop().create_task(run(work_, self.upload_path(job_id)), context=context)
             self._tasks[job_id] = task
             try:
-                result = await asyncio.shield(task)
+                with contextlib.suppress(Exception):  # the job's own failure: settled from the task below
+                    await asyncio.shield(task)
             except asyncio.CancelledError:
-                if not task.done():  # the worker itself is being cancelled (shutdown): stop() finishes the job
+                if not task.done():  # the service stops while the job runs: stop() cancels and finishes it
                     raise
-                if record.status not in FINISHED:
-                    self._finish(record, "cancelled", work_.reason or "cancelled")
-            except MediaError as exc:
-                self._finish(record, "failed", exc.detail)
-            except Stopped as exc:
-                self._finish(record, "cancelled" if "client" in exc.reason else "failed", exc.reason)
-            except Exception:
-                log.exception("job %s (%s) failed", job_id, record.kind)
-                self._finish(record, "failed", "an internal error occurred; it has been logged")
+                # the job ended (done, failed or cancelled by its client) just as this worker was cancelled: its
+                # outcome stands, and the worker still ends if the cancellation was its own (the service stopping)
+                self._settle(record, task, work_)
+                if asyncio.current_task().cancelling():
+                    raise
             else:
-                self._finish(record, "done", result=result)
+                self._settle(record, task, work_)
             finally:
                 work_.release()
                 self._tasks.pop(job_id, None)

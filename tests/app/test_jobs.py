@@ -220,3 +220,36 @@ def test_separation_as_a_job(tmp_path: Path, video: Path) -> None:
         assert c.get(sep["tracks"]["on_screen"]).status_code == 200
         assert c.get(f"/v1/separations/{sep['id']}").json()["id"] == sep["id"]
         assert post(c, "/v1/separations", video).status_code == 201  # short, not asked: answered at once
+
+
+def test_stopping_just_as_a_job_finishes_stops_its_worker(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The service stops in the instant between a job's end and its worker taking the result: the worker must end
+    with the service (it once took the cancellation meant for it as the job's and waited for the next job for ever,
+    so shutdown hung until the grace ran out)."""
+    import asyncio
+
+    from app.jobs import JobRecord, JobRunner
+
+    async def scenario() -> tuple[list[asyncio.Task], JobRecord]:
+        runner = JobRunner(tmp_path / "jobs", max_jobs=4, workers=1, ttl_s=60.0)
+        await runner.start()
+        workers = list(runner._workers)
+        stopping: list[asyncio.Task] = []
+
+        async def job(work, upload):
+            # stop() starts before this task's end reaches the worker: its first step runs ahead of the callback
+            # that hands this result to the worker (both are queued on the loop, in this order)
+            stopping.append(asyncio.get_running_loop().create_task(runner.stop()))
+            return {"answer": 42}
+
+        record = runner.submit("analyze", job)
+        while not stopping:
+            await asyncio.sleep(0)
+        await asyncio.wait_for(stopping[0], timeout=30)
+        return workers, runner.get(record.id)
+
+    with caplog.at_level("WARNING", logger="app.jobs"):
+        workers, record = asyncio.run(scenario())
+    assert all(task.done() for task in workers)
+    assert not [r for r in caplog.records if "did not stop" in r.getMessage()], caplog.text
+    assert record.status == "done" and record.result == {"answer": 42}  # the finished job's result is kept
