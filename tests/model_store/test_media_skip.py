@@ -4,6 +4,7 @@ packet durations mislead (then it decodes again without skipping)."""
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 from pathlib import Path
 
@@ -156,3 +157,49 @@ def test_skipping_keeps_the_duration_when_the_last_frames_are_skipped(tmp_path: 
     path = write(tmp_path / "v.mp4", "libx264", list(range(37)), 24, H264_B, "mp4", audio=False)
     for fps in (8, 3, 1):
         assert_same_as_full(path, spec(fps))
+
+
+def cut_at(src: Path, path: Path, fraction: float) -> Path:
+    """``src`` with its index up front (``faststart``), cut at ``fraction`` of its bytes: the headers promise the
+    whole video, the last packet read is cut off."""
+    aside = path.with_name(f"{path.stem}.full.mp4")
+    with av.open(str(src)) as inp, av.open(str(aside), "w", options={"movflags": "faststart"}) as out:
+        mapping = {s.index: out.add_stream_from_template(s) for s in inp.streams}
+        for packet in inp.demux():
+            if packet.dts is not None:
+                packet.stream = mapping[packet.stream.index]
+                out.mux(packet)
+    data = aside.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+    return path
+
+
+def test_a_cut_file_decodes_as_far_as_it_goes_whatever_the_threads(tmp_path: Path) -> None:
+    """A download cut mid-frame: the cut frame's packet is left out and the rest decodes, on one thread as with
+    frame threads (on one thread its error used to make the whole file undecodable), by both decoders."""
+    src = write(tmp_path / "v.mp4", "libx264", list(range(96)), 24, {**H264_B, "g": "24"}, "mp4")
+    clip = spec(8)
+    for k, fraction in enumerate((0.37, 0.5, 0.61, 0.83)):
+        path = cut_at(src, tmp_path / f"cut{k}.mp4", fraction)
+        outcomes = []
+        for threads in (1, 3):
+            got = decode(path, clip, threads=threads)
+            assert 0.5 < got.duration_s < 4.0 and len(got.frames) == math.ceil(got.duration_s * 8 - 1e-6)
+            outcomes.append(got.duration_s)
+        assert abs(outcomes[0] - outcomes[1]) < 0.25  # frame threads may lose a few more frames around the cut
+        head = media.decode_span(path, clip, 0.0, clip.window_s)
+        assert head.frames.shape == (clip.frames, 24, 32, 3)
+
+
+def test_a_file_of_damaged_packets_is_still_undecodable(tmp_path: Path) -> None:
+    """Leaving out refused packets has a limit: a video whose packets are garbage stays a MediaError."""
+    src = write(tmp_path / "v.mp4", "libx264", list(range(48)), 24, H264_B, "mp4", audio=False)
+    data = bytearray(src.read_bytes())
+    rng = np.random.default_rng(0)
+    mdat = data.find(b"mdat") + 4
+    moov = data.find(b"moov")
+    lo, hi = (mdat, moov) if moov > mdat else (mdat, len(data))
+    data[lo + 64 : hi - 64] = rng.integers(0, 256, size=hi - lo - 128, dtype=np.uint8).tobytes()
+    (tmp_path / "garbage.mp4").write_bytes(bytes(data))
+    with pytest.raises(media.MediaError):
+        decode(tmp_path / "garbage.mp4", spec(8), threads=1)
