@@ -34,6 +34,7 @@ from model_store.media import (
     cut_windows,
     decode,
     probe,
+    video_threads,
     window_starts,
 )
 from model_store.registry import ModelStore, RegistryError
@@ -179,7 +180,7 @@ class ServiceState:
             async with self.decode_slots:
                 if w is not None:
                     w.check()
-                threads = self.decode_threads()
+                threads = self.decode_threads(info)
                 self.decoding += 1
                 try:
                     decoded = await anyio.to_thread.run_sync(decode_file, path, group[0].clip, limits,
@@ -193,12 +194,15 @@ class ServiceState:
                 w.progress(0.5 * (i + 1) / len(groups))
         return out
 
-    def decode_threads(self) -> int:
-        """FFmpeg threads for a decode about to start: the setting, or (0) the cores shared among the decodes then
-        running, this one included. Frame threads cost CPU (a 10-s 360p clip: about 20 % more than one thread), so
-        they pay only when cores would be idle; under load, decodes running side by side fill the cores better."""
+    def decode_threads(self, info: ProbeInfo) -> int:
+        """FFmpeg threads for a decode about to start: the setting, or (0) one for small frames
+        (:func:`~model_store.media.video_threads`), else the cores shared among the decodes then running, this one
+        included. Frame threads cost CPU (a 10-s 360p clip: about 20 % more than one thread), so they pay only when
+        cores would be idle; under load, decodes running side by side fill the cores better."""
         if self.settings.decode_threads > 0:
             return self.settings.decode_threads
+        if video_threads(info.width, info.height) == 1:
+            return 1
         return max(1, _cores() // (self.decoding + 1))
 
     async def decode_saved(self, path: Path, manifest: Manifest, info: ProbeInfo | None = None) -> Windows:

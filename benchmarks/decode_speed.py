@@ -5,12 +5,14 @@
     python benchmarks/decode_speed.py --video my.mp4 --video other.mkv
 
 The reference ("bare") demuxes and decodes every packet of the video and audio streams with PyAV, the decoder's
-threads set as ``load_windows`` sets them, and converts nothing. ``load_windows`` does that too, plus sampling the
-frames at the clip spec's fps, scaling them to RGB at its size, resampling the audio to mono at its rate and cutting
-the windows. For every shipped clip spec (``--root``), each round runs the reference and ``load_windows`` back to
-back, so load on a shared machine hits both alike; ``ratio`` = bare time / load_windows time, the median over the rounds
-(1.0: decoding is all it costs; the issue's target is >= 0.85); times are medians too. The fastest runs' ratio
-(fastest bare / fastest ``load_windows``) is given beside it: what each costs when no other process takes its cores.
+threads set as ``load_windows`` sets them (``media.video_threads``), and converts nothing. ``load_windows`` does
+that too, plus sampling the frames at the clip spec's fps, scaling them to RGB at its size, resampling the audio to
+mono at its rate and cutting the windows. For every shipped clip spec (``--root``), each round runs the reference
+and ``load_windows`` back to back, so load on a shared machine hits both alike; ``ratio`` = bare time / load_windows
+time, the median over the rounds (1.0: decoding is all it costs; the issue's target is >= 0.85); times are medians
+too. The fastest runs' ratio (fastest bare / fastest ``load_windows``) is given beside it: what each costs when no
+other process takes its cores; and the median CPU time of each (all threads of the process), which is what a decode
+costs a busy server.
 
 Without ``--video``, videos are generated here (PyAV, libx264 + stereo aac at 44.1 kHz): a moving texture with a
 moving block, ``--seconds`` long, at each ``--sizes`` entry (``WxH@fps``). Writes benchmarks/results/decode_speed.json
@@ -34,7 +36,7 @@ import av
 import numpy as np
 
 from model_store import DEFAULT_ROOT
-from model_store.media import load_windows
+from model_store.media import load_windows, video_threads
 from model_store.registry import ModelStore
 
 log = logging.getLogger("decode_speed")
@@ -80,7 +82,9 @@ def bare_decode(path: Path) -> int:
     """Demux and decode every video and audio packet, converting nothing; returns the number of frames."""
     n = 0
     with av.open(str(path)) as container:
-        container.streams.video[0].thread_type = "AUTO"  # as load_windows sets it
+        video = container.streams.video[0]
+        video.thread_type = "AUTO"  # as load_windows sets them: one thread for small frames
+        video.codec_context.thread_count = video_threads(video.codec_context.width, video.codec_context.height)
         for packet in container.demux(*container.streams.video[:1], *container.streams.audio[:1]):
             for _ in packet.decode():
                 n += 1
@@ -109,21 +113,25 @@ def measure(path: Path, specs: dict, rounds: int, min_time_s: float) -> dict:
     for spec in specs.values():
         load_windows(path, spec)
     times: dict[str, list[tuple[float, float]]] = {task: [] for task in specs}
+    cpu: dict[str, list[tuple[float, float]]] = {task: [] for task in specs}  # CPU seconds of this process
     start = time.perf_counter()
     while len(times[next(iter(specs))]) < rounds or time.perf_counter() - start < min_time_s:
         for task, spec in specs.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             bare()
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             load_windows(path, spec)
             times[task].append((t1 - t0, time.perf_counter() - t1))
+            cpu[task].append((c1 - c0, time.process_time() - c1))
     with av.open(str(path)) as c:
         v = c.streams.video[0]
         info = {"width": v.codec_context.width, "height": v.codec_context.height, "fps": float(v.average_rate),
                 "codec": v.codec_context.name, "seconds": float(c.duration / 1e6) if c.duration else None}
     return {"video": path.name, **info, "bare_s": float(np.median([b for ts in times.values() for b, _ in ts])),
+            "bare_cpu_s": float(np.median([b for cs in cpu.values() for b, _ in cs])),
             "rounds": len(times[next(iter(specs))]),
             "specs": {task: {"load_windows_s": float(np.median([w for _, w in ts])),
+                             "load_windows_cpu_s": float(np.median([w for _, w in cpu[task]])),
                              "ratio": float(np.median([b / w for b, w in ts])),
                              "best_ratio": min(b for b, _ in ts) / min(w for _, w in ts)}
                       for task, ts in times.items()}}
@@ -156,14 +164,16 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     tasks = list(specs)
-    lines = ["| video | rounds | bare PyAV decode | "
-             + " | ".join(f"{t}: load_windows (ratio; of the fastest runs)" for t in tasks) + " |",
+    lines = ["| video | rounds | bare PyAV decode (CPU) | "
+             + " | ".join(f"{t}: load_windows (ratio; of the fastest runs; CPU)" for t in tasks) + " |",
              "| --- | ---: | --- | " + " | ".join("---" for _ in tasks) + " |"]
     for r in rows:
         cells = [f"{r['specs'][t]['load_windows_s'] * 1e3:.1f} ms ({r['specs'][t]['ratio']:.2f}x; "
-                 f"{r['specs'][t]['best_ratio']:.2f}x)" for t in tasks]
+                 f"{r['specs'][t]['best_ratio']:.2f}x; {r['specs'][t]['load_windows_cpu_s'] * 1e3:.1f} ms)"
+                 for t in tasks]
         video = f"{r['width']}x{r['height']} {r['fps']:g} fps, {r['seconds']:.0f} s"
-        lines.append(f"| {video} | {r['rounds']} | {r['bare_s'] * 1e3:.1f} ms | " + " | ".join(cells) + " |")
+        lines.append(f"| {video} | {r['rounds']} | {r['bare_s'] * 1e3:.1f} ms ({r['bare_cpu_s'] * 1e3:.1f} ms) | "
+                     + " | ".join(cells) + " |")
     table = "\n".join(lines) + "\n"
     write_report(args.out, "decode_speed.py", argv, table)
     print(table)

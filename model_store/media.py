@@ -225,6 +225,20 @@ def _probe_open(container: av.container.InputContainer, limits: MediaLimits) -> 
     )
 
 
+# frames this small decode as fast on one thread as on FFmpeg's frame threads, for about a quarter less CPU (10-s
+# clips, 2 cores: 128x128 18.1 ms on one thread against 18.3 ms on three, 192x192 26.1 against 25.4 ms; at 320x180
+# the threads save about 5 % of the time for 25 % more CPU), so they get one thread unless a count is asked for
+SMALL_FRAME_PIXELS = 200 * 200
+
+
+def video_threads(width: int, height: int, threads: int = 0) -> int:
+    """The video decoder's thread count for ``width`` x ``height`` frames: ``threads`` if given, else 1 for small
+    frames (:data:`SMALL_FRAME_PIXELS`) and 0 (FFmpeg's choice: one per core and one more) for larger ones."""
+    if threads > 0:
+        return threads
+    return 1 if 0 < width * height <= SMALL_FRAME_PIXELS else 0
+
+
 class _Damage:
     """Packets a decoder refuses as invalid (a frame cut off where a download ended, a damaged one): each is left out
     and decoding goes on, up to :attr:`LIMIT` of them; beyond, the file is undecodable (the error is raised).
@@ -450,10 +464,10 @@ def decode(source: Source, spec: ClipSpec, limits: MediaLimits = MediaLimits(),
     """Probe, then decode the whole file at the spec's fps, size and sample rate.
 
     ``stop`` is polled once per packet; when it returns True, :class:`DecodeStopped` is raised (a service stops a
-    request whose client went away or whose deadline passed). ``threads``: the video decoder's threads (0: FFmpeg
-    chooses, one per core and one more). Frames that no target needs are skipped where the codec allows
-    (:class:`_FrameSkipper`); the result is what decoding every frame gives. Packets the decoder refuses are left
-    out, a few of them (:class:`_Damage`).
+    request whose client went away or whose deadline passed). ``threads``: the video decoder's threads (0: one for
+    small frames, else FFmpeg's choice: :func:`video_threads`). Frames that no target needs are skipped where the
+    codec allows (:class:`_FrameSkipper`); the result is what decoding every frame gives. Packets the decoder
+    refuses are left out, a few of them (:class:`_Damage`).
     """
     try:
         return _decode(source, spec, limits, stop, threads, skip=True)
@@ -467,7 +481,7 @@ def _decode(source: Source, spec: ClipSpec, limits: MediaLimits, stop: Callable[
         info = _probe_open(container, limits)
         vstream = video_stream(container)
         vstream.thread_type = "AUTO"
-        vstream.codec_context.thread_count = threads
+        vstream.codec_context.thread_count = video_threads(info.width, info.height, threads)
         astream = container.streams.audio[0] if info.has_audio else None
         streams = [vstream] + ([astream] if astream is not None else [])
         mono = _MonoTrack(spec.sample_rate)
@@ -675,6 +689,7 @@ def decode_span(source: Source, spec: ClipSpec, start_s: float, end_s: float,
         with open_media(source) as container:
             info = _probe_open(container, limits)
             container.streams.video[0].thread_type = "AUTO"
+            container.streams.video[0].codec_context.thread_count = video_threads(info.width, info.height)
             try:
                 span = _decode_span(container, info, spec, (f_lo, f_hi), (a_lo, a_hi), limits, seek)
             except av.FFmpegError as exc:

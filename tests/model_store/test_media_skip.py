@@ -159,6 +159,13 @@ def test_skipping_keeps_the_duration_when_the_last_frames_are_skipped(tmp_path: 
         assert_same_as_full(path, spec(fps))
 
 
+def test_small_frames_decode_on_one_thread() -> None:
+    """Frame threads buy no time on frames this small and cost CPU: one thread, unless a count is asked for."""
+    assert media.video_threads(128, 128) == 1 and media.video_threads(200, 200) == 1
+    assert media.video_threads(320, 180) == 0 and media.video_threads(1920, 1080) == 0
+    assert media.video_threads(128, 128, threads=3) == 3 and media.video_threads(1920, 1080, threads=2) == 2
+
+
 def cut_at(src: Path, path: Path, fraction: float) -> Path:
     """``src`` with its index up front (``faststart``), cut at ``fraction`` of its bytes: the headers promise the
     whole video, the last packet read is cut off."""
