@@ -47,9 +47,10 @@ class Settings(BaseSettings):
                                            "costs as much in a batch as alone: benchmarks/serve_batching.py), so that "
                                            "a request alone never waits; windows already queued join a batch anyway")
     max_concurrent_decodes: int = Field(default=2, ge=1)
-    decode_threads: int = Field(default=0, ge=0, description="FFmpeg video decoder threads per decode; 0: as many "
-                                "as the cores divided among the decodes running when it starts (all of them for a "
-                                "decode that runs alone, one each when as many decodes run as there are cores)")
+    decode_threads: int = Field(default=0, ge=0, description="FFmpeg video decoder threads per decode; 0: one for "
+                                "frames up to 200x200, else as many as the cores divided among the decodes running "
+                                "when it starts (all of them for a decode that runs alone, one each when as many "
+                                "decodes run as there are cores)")
     # admission control (app/admission.py): beyond these bounds the answer is an immediate 503 with Retry-After
     max_windows_in_flight: int = Field(default=320, ge=1, description="per model: windows admitted (decoding, "
                                        "queued or in inference); one larger request is admitted when the model is idle")
