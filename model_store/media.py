@@ -765,8 +765,12 @@ def _decode_span(container: av.container.InputContainer, info: ProbeInfo, spec: 
             else:
                 p = int(round((float(frame.time) - t0_audio) * src_sr))
                 if astream.time_base is not None and astream.time_base > Fraction(1, src_sr):
-                    # timestamps coarser than a sample (Matroska's ms): frames hold a fixed count of samples
-                    p = int(round(p / frame.samples)) * frame.samples
+                    # timestamps coarser than a sample (Matroska's ms): frames hold a fixed count of samples, from
+                    # the stream's first sample on; Opus's first frame is shorter by its pre-skip (the codec delay,
+                    # which the decoder drops), so its grid is shifted by that much
+                    n = frame.samples
+                    shift = astream.codec_context.delay if astream.codec_context.name == "opus" and p else 0
+                    p = int(round((p + shift) / n)) * n - shift
             if seek_s is not None and p > 0 and preroll < AUDIO_PREROLL_S:
                 # decoded without the frames before it (AAC's overlap, Opus's pre-roll): not what decode saw
                 preroll += frame.samples / src_sr

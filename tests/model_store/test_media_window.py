@@ -24,7 +24,7 @@ from model_store.media import MediaError
 @pytest.fixture(scope="module")
 def window_files(media_dir, make_media, remux) -> dict[str, Path]:
     """5-6 s files with several keyframes: mp4 (NTSC, 48 kHz), its Matroska remux (ms timestamps), an AVI
-    (MPEG-4 part 2 + MP3, as UCF-101 ships), and a SynthAV-style mp4 with a single keyframe."""
+    (MPEG-4 part 2 + MP3, as UCF-101 ships), a SynthAV-style mp4 with a single keyframe, and a WebM."""
     mp4 = make_media(media_dir / "win_ntsc.mp4", duration_s=6.0, fps=Fraction(30000, 1001), sample_rate=48000,
                      clicks_s=(0.4, 1.1, 2.25, 3.3, 4.05, 5.8))
     return {
@@ -33,6 +33,9 @@ def window_files(media_dir, make_media, remux) -> dict[str, Path]:
         "avi": make_media(media_dir / "win.avi", duration_s=5.0, video_codec="mpeg4", audio_codec="libmp3lame",
                           clicks_s=(0.5, 1.0, 2.25, 3.3, 4.6)),
         "mp4_one_keyframe": _one_keyframe(media_dir / "win_synth.mp4"),
+        # VP9 + Opus, as YouTube serves it: Opus's first frame is shorter by its pre-skip (312 samples at 48 kHz)
+        "webm": make_media(media_dir / "win.webm", duration_s=5.0, video_codec="libvpx-vp9", audio_codec="libopus",
+                           sample_rate=48000, clicks_s=(0.45, 1.3, 2.2, 3.35, 4.5)),
     }
 
 
@@ -61,7 +64,7 @@ def reference(decoded: media.Decoded, spec, start_s: float) -> tuple[np.ndarray,
     return decoded.frames[idx], audio
 
 
-@pytest.mark.parametrize("name", ["mp4", "mkv", "mp4_one_keyframe", "avi"])
+@pytest.mark.parametrize("name", ["mp4", "mkv", "mp4_one_keyframe", "avi", "webm"])
 @pytest.mark.parametrize(("fps", "sample_rate"), [(8.0, 16000), (10.0, 22050)])
 def test_seek_decoded_window_equals_the_window_cut_from_a_full_decode(window_files, clip_spec, name, fps,
                                                                       sample_rate, monkeypatch):
