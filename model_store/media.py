@@ -684,19 +684,29 @@ def decode_span(source: Source, spec: ClipSpec, start_s: float, end_s: float,
     f_hi = int(round(last_start * spec.fps)) + spec.frames
     a_hi = int(round(last_start * spec.sample_rate)) + spec.audio_samples + 1
     seek_s = min(f_lo / spec.fps, a_lo / spec.sample_rate) - SEEK_MARGIN_S
-    # after a seek that landed past the span (no index, odd keyframes, no timestamps): again, from the start
+    # after a seek that landed past the span (no index, odd keyframes, no timestamps): again, from the start. Frames
+    # no target needs are skipped (:class:`_FrameSkipper`); if a skipped frame was needed after all, the same stretch
+    # is decoded again without skipping
     for seek in ([seek_s, None] if seek_s > 0 else [None]):
-        with open_media(source) as container:
-            info = _probe_open(container, limits)
-            container.streams.video[0].thread_type = "AUTO"
-            container.streams.video[0].codec_context.thread_count = video_threads(info.width, info.height)
-            try:
-                span = _decode_span(container, info, spec, (f_lo, f_hi), (a_lo, a_hi), limits, seek)
-            except av.FFmpegError as exc:
-                raise MediaError(f"the file could not be decoded: {exc}") from exc
+        try:
+            span = _open_span(source, spec, (f_lo, f_hi), (a_lo, a_hi), limits, seek, skip=True)
+        except _SkipMismatch:
+            span = _open_span(source, spec, (f_lo, f_hi), (a_lo, a_hi), limits, seek, skip=False)
         if span is not None:
             return span
     raise AssertionError("decoding from the start always gives the span")
+
+
+def _open_span(source: Source, spec: ClipSpec, frames_needed: tuple[int, int], samples_needed: tuple[int, int],
+               limits: MediaLimits, seek_s: float | None, skip: bool) -> Span | None:
+    with open_media(source) as container:
+        info = _probe_open(container, limits)
+        container.streams.video[0].thread_type = "AUTO"
+        container.streams.video[0].codec_context.thread_count = video_threads(info.width, info.height)
+        try:
+            return _decode_span(container, info, spec, frames_needed, samples_needed, limits, seek_s, skip)
+        except av.FFmpegError as exc:
+            raise MediaError(f"the file could not be decoded: {exc}") from exc
 
 
 def _start_time(stream: av.stream.Stream) -> float | None:
@@ -707,7 +717,7 @@ def _start_time(stream: av.stream.Stream) -> float | None:
 
 def _decode_span(container: av.container.InputContainer, info: ProbeInfo, spec: ClipSpec,
                  frames_needed: tuple[int, int], samples_needed: tuple[int, int], limits: MediaLimits,
-                 seek_s: float | None) -> Span | None:
+                 seek_s: float | None, skip: bool = False) -> Span | None:
     """Frame targets ``[f_lo, f_hi)`` and samples ``[a_lo, a_hi)``, seeking to ``seek_s`` first (None: from the
     start, exactly as :func:`decode` walks the file). None when the seek landed past what is needed."""
     (f_lo, f_hi), (a_lo, a_hi) = frames_needed, samples_needed
@@ -735,8 +745,11 @@ def _decode_span(container: av.container.InputContainer, info: ProbeInfo, spec: 
     video_done = False
     n_src = 0
 
+    skipper = _FrameSkipper(vstream.codec_context, vstream.time_base, step, skip)
+
     def assign(until_t: float) -> None:
         nonlocal next_target, prev_rgb, last_target
+        first = next_target
         while next_target * step < until_t - 1e-6:
             i = next_target
             if f_lo <= i < f_hi:
@@ -745,6 +758,7 @@ def _decode_span(container: av.container.InputContainer, info: ProbeInfo, spec: 
                 out[i - f_lo] = prev_rgb
             last_target = (i, prev)
             next_target += 1
+        skipper.check(first * step, (next_target - 1) * step)
 
     # audio: resampled samples of the stream (from its first sample) starting at `q0`, trimmed onto the grid on
     # which a resampler fed from the stream's start puts its output, so that they equal decode's samples
@@ -803,6 +817,8 @@ def _decode_span(container: av.container.InputContainer, info: ProbeInfo, spec: 
     damage = _Damage()
     try:
         for packet in container.demux(*streams):
+            if packet.stream is vstream and not video_done:
+                skipper.before(packet, t0_video)
             for frame in damage.decode(packet):
                 if isinstance(frame, av.VideoFrame):
                     if video_done or (seek_s is not None and next_target is None and not frame.key_frame):
@@ -819,7 +835,9 @@ def _decode_span(container: av.container.InputContainer, info: ProbeInfo, spec: 
                     rel = t_abs - t0_video
                     if rel > horizon:
                         raise _too_long(limits)
+                    skipper.came_out(frame.pts, rel)
                     if next_target is None:
+                        skipper.skipped.clear()  # frames before the first one decoded: no target reaches them
                         first_t = rel
                         next_target = 0
                         while next_target * step < rel - 1e-6:  # shown by frames before this one
@@ -853,6 +871,9 @@ def _decode_span(container: av.container.InputContainer, info: ProbeInfo, spec: 
 
     last_frame = n_samples = duration = None
     if not video_done:  # reached the end: as decode, the last frame lasts one source frame
+        skipper.finish()
+        if skipper.last_skipped_t is not None and skipper.last_skipped_t > last_t:
+            last_t = skipper.last_skipped_t
         duration = last_t + src_step
         assign(duration)
         if last_target[0] < 0:  # shorter than one spec frame

@@ -1,6 +1,6 @@
-"""``decode`` skips frames that no target time needs (``_FrameSkipper``) and must give exactly what decoding every
-frame gives: the same frames, audio and duration, for every codec, container and timing, including timings whose
-packet durations mislead (then it decodes again without skipping)."""
+"""``decode`` and ``decode_span`` skip frames that no target time needs (``_FrameSkipper``) and must give exactly
+what decoding every frame gives: the same frames, audio and duration, for every codec, container and timing,
+including timings whose packet durations mislead (then they decode again without skipping)."""
 
 from __future__ import annotations
 
@@ -92,6 +92,18 @@ def assert_same_as_full(path: Path, clip: ClipSpec, threads: int = 0) -> None:
     assert got.duration_s == full.duration_s and got.has_audio == full.has_audio
 
 
+def assert_windows_as_full(path: Path, audio_atol: float = 0.0) -> None:
+    """The windowed decoder (which skips too, after a seek or from the start) cuts the full decode's windows."""
+    for fps in (8, 12):
+        clip = spec(fps)
+        full = FULL_DECODE(path, clip, MediaLimits(), None, 0, skip=False)
+        for start in (0.0, 0.4, 0.9, full.duration_s - clip.window_s):
+            window = media.decode_window(path, clip, start)
+            video, audio = media.cut_window(full, clip, start)
+            np.testing.assert_array_equal(window.video, video)
+            np.testing.assert_allclose(window.audio, audio, rtol=0, atol=audio_atol)
+
+
 H264_B = {"preset": "veryfast", "bf": "3", "g": "48"}
 CASES = {
     "h264 b-pyramid mp4": ("libx264", None, "mp4", H264_B),
@@ -114,6 +126,10 @@ def test_skipping_gives_the_full_decode(tmp_path: Path, case: str, rate: int, mo
     for fps in (8, 12, 10, 25, 7.5):
         assert_same_as_full(path, spec(fps))
     assert_same_as_full(path, spec(8), threads=1)
+    if case != "mpeg4 b-frames avi":  # see the xfail below
+        # Opus at 48 kHz resampled to 8 kHz from just before a window differs from the whole track's resampling in
+        # the last bits (2e-6); every other case is exact
+        assert_windows_as_full(path, audio_atol=1e-5 if fmt == "webm" else 0.0)
     if case.startswith("h264 b-pyramid"):
         assert spy.skipped > 0  # B-frames that no target needs are skipped, not decoded
     assert spy.fallbacks == 0 or fmt == "mpegts"
@@ -210,3 +226,13 @@ def test_a_file_of_damaged_packets_is_still_undecodable(tmp_path: Path) -> None:
     (tmp_path / "garbage.mp4").write_bytes(bytes(data))
     with pytest.raises(media.MediaError):
         decode(tmp_path / "garbage.mp4", spec(8), threads=1)
+
+
+@pytest.mark.xfail(strict=True, reason="known: after a seek, MPEG-4 with B-frames in AVI (no timestamps of its own) "
+                   "gives other frames than the full decode, skipping or not; found in the fifth session, not fixed")
+def test_windows_of_mpeg4_with_b_frames_in_avi_equal_the_full_decode(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path / "v.avi", "mpeg4", list(range(48)), 24, {"bf": "2"}, "avi", audio=False)
+    real = media._open_span
+    monkeypatch.setattr(media, "_open_span", lambda *a, skip, **k: real(*a, skip=False, **k))  # skipping is not it
+    assert_windows_as_full(path)
