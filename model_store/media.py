@@ -729,6 +729,13 @@ def _decode_span(container: av.container.InputContainer, info: ProbeInfo, spec: 
     # the clocks: from the stream headers after a seek, else from the first frames (as decode reads them)
     t0_video = _start_time(vstream) if seek_s is not None else None
     t0_audio = _start_time(astream) if seek_s is not None and astream is not None else None
+    if seek_s is not None and container.format.name == "avi" and vstream.time_base is not None:
+        # AVI stores no presentation times: FFmpeg derives them, and with B-frames the first frame is shown one
+        # frame after the stream's start, which decode's clock starts from: read it off the first packet
+        first = next((pk for pk in container.demux(vstream) if pk.pts is not None), None)
+        if first is None:
+            return None
+        t0_video = float(first.pts * vstream.time_base)
     if seek_s is not None:
         if t0_video is None or vstream.time_base is None:
             return None  # no clock to seek by
