@@ -239,6 +239,12 @@ def video_threads(width: int, height: int, threads: int = 0) -> int:
     return 1 if 0 < width * height <= SMALL_FRAME_PIXELS else 0
 
 
+def _configure_decoder(stream: av.video.stream.VideoStream, info: ProbeInfo, threads: int = 0) -> None:
+    """Frame and slice threads as FFmpeg sees fit, as many as :func:`video_threads` says."""
+    stream.thread_type = "AUTO"
+    stream.codec_context.thread_count = video_threads(info.width, info.height, threads)
+
+
 class _Damage:
     """Packets a decoder refuses as invalid (a frame cut off where a download ended, a damaged one): each is left out
     and decoding goes on, up to :attr:`LIMIT` of them; beyond, the file is undecodable (the error is raised).
@@ -395,7 +401,7 @@ class _FrameSkipper:
         self._pending: dict[int, float] = {}  # pts -> time from the first frame, of packets sent with the flag
         self._last: tuple[int, int] | None = None  # (pts, duration) of the latest frame shown, skipped or not
         self.skipped: list[float] = []  # times of frames found skipped and not yet checked
-        self.last_skipped_t: float | None = None
+        self._last_skipped_t = -math.inf
         self.n_skipped = 0
 
     def _slack(self, duration: int) -> int:
@@ -441,14 +447,16 @@ class _FrameSkipper:
                 self.enabled = False  # variable frame rate: stop skipping
         self._last = (pts, duration)
 
-    def finish(self) -> None:
+    def finish(self, last_t: float) -> float:
+        """At the end of the stream: the last frame's time, ``last_t`` being the last decoded one's."""
         for key in sorted(self._pending):
             self._found(self._pending.pop(key))
+        return max(last_t, self._last_skipped_t)
 
     def _found(self, t: float) -> None:
         self.n_skipped += 1
         self.skipped.append(t)
-        self.last_skipped_t = t if self.last_skipped_t is None else max(self.last_skipped_t, t)
+        self._last_skipped_t = max(self._last_skipped_t, t)
 
     def check(self, first_target_t: float, last_target_t: float) -> None:
         """Targets from ``first_target_t`` to ``last_target_t`` go to the frame before the skipped ones: none of
@@ -480,8 +488,7 @@ def _decode(source: Source, spec: ClipSpec, limits: MediaLimits, stop: Callable[
     with open_media(source) as container:
         info = _probe_open(container, limits)
         vstream = video_stream(container)
-        vstream.thread_type = "AUTO"
-        vstream.codec_context.thread_count = video_threads(info.width, info.height, threads)
+        _configure_decoder(vstream, info, threads)
         astream = container.streams.audio[0] if info.has_audio else None
         streams = [vstream] + ([astream] if astream is not None else [])
         mono = _MonoTrack(spec.sample_rate)
@@ -543,12 +550,10 @@ def _decode(source: Source, spec: ClipSpec, limits: MediaLimits, stop: Callable[
 
         if prev is None:
             raise MediaError("the video stream holds no decodable frame")
-        skipper.finish()
+        last_video_t = skipper.finish(last_video_t)
         n_src += skipper.n_skipped
         if n_src == 1:
             raise MediaError("not a video: the video stream holds a single picture", status=415)
-        if skipper.last_skipped_t is not None and skipper.last_skipped_t > last_video_t:
-            last_video_t = skipper.last_skipped_t
         duration = last_video_t + src_step
         emit_until(duration)
         if not frames:  # shorter than one spec frame
@@ -701,8 +706,7 @@ def _open_span(source: Source, spec: ClipSpec, frames_needed: tuple[int, int], s
                limits: MediaLimits, seek_s: float | None, skip: bool) -> Span | None:
     with open_media(source) as container:
         info = _probe_open(container, limits)
-        container.streams.video[0].thread_type = "AUTO"
-        container.streams.video[0].codec_context.thread_count = video_threads(info.width, info.height)
+        _configure_decoder(container.streams.video[0], info)
         try:
             return _decode_span(container, info, spec, frames_needed, samples_needed, limits, seek_s, skip)
         except av.FFmpegError as exc:
@@ -713,6 +717,17 @@ def _start_time(stream: av.stream.Stream) -> float | None:
     if stream.start_time is None or stream.time_base is None:
         return None
     return float(stream.start_time * stream.time_base)
+
+
+def _first_frame_time(container: av.container.InputContainer, stream: av.stream.Stream) -> float | None:
+    """When the video's first frame is shown, where :func:`decode`'s clock starts, without decoding: the stream's
+    start time, except in AVI, which stores no presentation times (FFmpeg derives them, and with B-frames the first
+    frame is shown one frame after the stream's start): there, the first packet's. Reads that packet; the caller
+    seeks afterwards."""
+    if container.format.name != "avi" or stream.time_base is None:
+        return _start_time(stream)
+    first = next((packet for packet in container.demux(stream) if packet.pts is not None), None)
+    return float(first.pts * stream.time_base) if first is not None else None
 
 
 def _decode_span(container: av.container.InputContainer, info: ProbeInfo, spec: ClipSpec,
@@ -727,15 +742,8 @@ def _decode_span(container: av.container.InputContainer, info: ProbeInfo, spec: 
     src_rate = vstream.average_rate or vstream.guessed_rate
     src_step = 1.0 / float(src_rate) if src_rate else step
     # the clocks: from the stream headers after a seek, else from the first frames (as decode reads them)
-    t0_video = _start_time(vstream) if seek_s is not None else None
+    t0_video = _first_frame_time(container, vstream) if seek_s is not None else None
     t0_audio = _start_time(astream) if seek_s is not None and astream is not None else None
-    if seek_s is not None and container.format.name == "avi" and vstream.time_base is not None:
-        # AVI stores no presentation times: FFmpeg derives them, and with B-frames the first frame is shown one
-        # frame after the stream's start, which decode's clock starts from: read it off the first packet
-        first = next((pk for pk in container.demux(vstream) if pk.pts is not None), None)
-        if first is None:
-            return None
-        t0_video = float(first.pts * vstream.time_base)
     if seek_s is not None:
         if t0_video is None or vstream.time_base is None:
             return None  # no clock to seek by
@@ -878,9 +886,7 @@ def _decode_span(container: av.container.InputContainer, info: ProbeInfo, spec: 
 
     last_frame = n_samples = duration = None
     if not video_done:  # reached the end: as decode, the last frame lasts one source frame
-        skipper.finish()
-        if skipper.last_skipped_t is not None and skipper.last_skipped_t > last_t:
-            last_t = skipper.last_skipped_t
+        last_t = skipper.finish(last_t)
         duration = last_t + src_step
         assign(duration)
         if last_target[0] < 0:  # shorter than one spec frame

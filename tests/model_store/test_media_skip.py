@@ -67,9 +67,10 @@ class Spy:
         self.fallbacks = 0
         finish, decode_ = media._FrameSkipper.finish, media._decode
 
-        def counted_finish(skipper: media._FrameSkipper) -> None:
-            finish(skipper)
+        def counted_finish(skipper: media._FrameSkipper, last_t: float) -> float:
+            last = finish(skipper, last_t)
             self.skipped += skipper.n_skipped
+            return last
 
         def counted_decode(*args, skip: bool, **kwargs):
             if not skip:
