@@ -135,3 +135,22 @@ def test_garbage_and_missing_files_are_media_errors(garbage_bytes, spec, tmp_pat
         media.decode_window(garbage_bytes, spec, 0.0)
     with pytest.raises(MediaError):
         media.decode_window(tmp_path / "missing.mp4", spec, 0.0)
+
+
+def test_audio_whose_rate_changes_midway(media_dir, make_media, remux, clip_spec):
+    """Two MPEG-TS files back to back, 16 kHz audio then 44.1 kHz: each decoder resamples the second part with a
+    graph of its own (the same graph class in both); a window from the start equals the full decode's, and a window
+    across the change decodes."""
+    first = make_media(media_dir / "rate_a.ts", duration_s=2.0, sample_rate=16000, clicks_s=(0.5, 1.5))
+    second = remux(make_media(media_dir / "rate_b0.ts", duration_s=2.0, sample_rate=44100, clicks_s=(0.5, 1.5)),
+                   media_dir / "rate_b.ts", options={"output_ts_offset": "2"})  # its clock goes on from the first's
+    path = media_dir / "rate_change.ts"
+    path.write_bytes(first.read_bytes() + second.read_bytes())
+    spec = clip_spec(fps=8.0, frames=8, sample_rate=16000)
+    full = media.decode(path, spec)
+    assert full.duration_s > 3.5 and np.abs(full.audio[int(2.6 * 16000):]).max() > 0.01  # the second part's audio
+    win = media.decode_window(path, spec, 0.0)
+    ref_frames, ref_audio = reference(full, spec, 0.0)
+    assert np.array_equal(win.video, ref_frames) and np.array_equal(win.audio, ref_audio)
+    across = media.decode_window(path, spec, 1.5)
+    assert across.has_audio and np.abs(across.audio).max() > 0.01
