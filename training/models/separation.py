@@ -165,6 +165,7 @@ class AVUNetSeparator(nn.Module):
                 raise ValueError(f"av_levels {cfg.av_levels}: the backbone gives only {len(dims)} feature maps")
             for i, level in enumerate(cfg.av_levels):
                 av_dims[level] += dims[i]
+        self.av_dims = av_dims
         self.in_norm = nn.BatchNorm2d(1)
         enc, cin = [], 1
         for level, w in enumerate(cfg.widths):  # the full-resolution level is a single conv: cheap on CPU
@@ -180,6 +181,37 @@ class AVUNetSeparator(nn.Module):
             cin = w_out
         self.decoder = nn.ModuleList(dec)
         self.head = nn.ConvTranspose2d(cin, 2, 4, stride=2, padding=1)  # mask logits at full resolution
+
+    def channel_maps(self, old_widths: tuple[int, ...]) -> dict[str, tuple[list[int], list[int] | None, bool]]:
+        """Where the channels of a narrower U-Net (``old_widths``: same depth, backbone and levels) sit in this one,
+        for :func:`~training.separation.train.init_unet`'s widening: per U-Net conv (its module path), the indices
+        in this model of the old output channels and of the old input channels (None: a BatchNorm), and whether
+        the weight is transposed (a ConvTranspose2d stores (in, out, kh, kw)). Encoder inputs are ``[features,
+        audio-visual features]`` and decoder convs take ``[upsampled, skip]``: each part starts at its own offset."""
+        new, old = self.cfg.widths, tuple(old_widths)
+        if len(old) != len(new) or any(o > n for o, n in zip(old, new)):
+            raise ValueError(f"cannot widen U-Net widths {old} into {new}")
+        r = lambda n: list(range(n))  # noqa: E731
+        maps: dict[str, tuple[list[int], list[int] | None, bool]] = {}
+        for level in range(len(new)):
+            below_old, below_new = (old[level - 1], new[level - 1]) if level else (1, 1)
+            inputs = r(below_old) + [below_new + j for j in range(self.av_dims[level])]
+            maps[f"encoder.{level}.0"] = (r(old[level]), inputs, False)
+            maps[f"encoder.{level}.1"] = (r(old[level]), None, False)
+            if level:
+                maps[f"encoder.{level}.3"] = (r(old[level]), r(old[level]), False)
+                maps[f"encoder.{level}.4"] = (r(old[level]), None, False)
+        cin_old = old[-1]
+        outs = list(zip(old[:-1][::-1], new[:-1][::-1]))
+        for i, (w_old, w_new) in enumerate(outs):
+            maps[f"decoder.{i}.up"] = (r(w_old), r(cin_old), True)
+            maps[f"decoder.{i}.conv.0"] = (r(w_old), r(w_old) + [w_new + j for j in range(w_old)], False)
+            maps[f"decoder.{i}.conv.1"] = (r(w_old), None, False)
+            maps[f"decoder.{i}.conv.3"] = (r(w_old), r(w_old), False)
+            maps[f"decoder.{i}.conv.4"] = (r(w_old), None, False)
+            cin_old = w_old
+        maps["head"] = (r(2), r(cin_old), True)
+        return maps
 
     def _frames(self, video: torch.Tensor) -> torch.Tensor:
         if self.cfg.still_frame:
@@ -267,6 +299,9 @@ register_model("separation_small_assign", AVUNetSeparator,
                SeparationConfig(backbone="avsync_sep_lite_diff", assign=True))
 register_model("separation_small_assign_still", AVUNetSeparator,
                SeparationConfig(backbone="avsync_sep_lite_diff", assign=True, still_frame=True))
+# the same with a U-Net of twice the channels, widened from a trained separation_small_assign (init_unet)
+register_model("separation_wide_assign", AVUNetSeparator,
+               SeparationConfig(backbone="avsync_sep_lite_diff", assign=True, widths=(32, 64, 128, 256)))
 _TINY_SEP = SeparationConfig(fps=8.0, frames=8, size=32, sample_rate=8000, n_fft=128, hop=64,
                              backbone="avsync_tiny", widths=(4, 8, 8, 8), av_levels=(1, 2, 3))
 register_model("separation_tiny", AVUNetSeparator, _TINY_SEP)

@@ -344,28 +344,60 @@ def init_backbone(model: torch.nn.Module, checkpoint: str) -> dict[str, int]:
 
 
 def init_unet(model: torch.nn.Module, checkpoint: str) -> dict[str, int]:
-    """Copy a separation checkpoint's U-Net (not its backbone) into ``model``. Where this model's encoder takes
-    extra (audio-visual) input channels, the old weights fill the first channels and the new ones start at
-    zero, so the model starts out computing exactly what the checkpoint computed."""
-    state = load_checkpoint(checkpoint)["state_dict"]
+    """Copy a separation checkpoint's U-Net (not its backbone) into ``model``, so that the model starts out computing
+    exactly what the checkpoint computed:
+
+    - where this model's encoder takes extra (audio-visual) input channels, the old weights fill the first channels
+      and the new ones start at zero;
+    - where this U-Net is wider (``widths``; the checkpoint records its own), each old channel keeps its place in
+      every part of a layer's input (:meth:`AVUNetSeparator.channel_maps`) and its weights; the new channels keep
+      their random initialisation as outputs, and every weight from a new channel into an old one starts at zero,
+      so the new channels add nothing until training gives them a use (function-preserving widening).
+    """
+    ck = load_checkpoint(checkpoint)
+    state = ck["state_dict"]
     own = model.state_dict()
-    loaded, widened = 0, 0
+    old_widths = tuple((ck.get("model_config") or {}).get("widths") or model.cfg.widths)
+    maps = model.channel_maps(old_widths) if old_widths != tuple(model.cfg.widths) else {}
+    loaded, widened, wider = 0, 0, 0
     for name, value in state.items():
         if name.startswith("backbone.") or name not in own:
             continue
         target = own[name]
-        if target.shape == value.shape:
+        module = name.rsplit(".", 1)[0]
+        if target.shape == value.shape and module not in maps:
             own[name] = value
             loaded += 1
+        elif module in maps:
+            own[name] = _widen(target, value, *maps[module])
+            wider += 1
         elif target.ndim == 4 and target.shape[0] == value.shape[0] and target.shape[1] > value.shape[1]:
             wide = torch.zeros_like(target)
             wide[:, : value.shape[1]] = value
             own[name] = wide
             widened += 1
     model.load_state_dict(own)
-    log.info("init_unet: %d tensors copied, %d widened with zeros for the audio-visual channels, from %s",
-             loaded, widened, checkpoint)
-    return {"loaded": loaded, "widened": widened}
+    log.info("init_unet: %d tensors copied, %d widened with zeros for the audio-visual channels, %d into a wider "
+             "U-Net (%s -> %s), from %s", loaded, widened, wider, old_widths, tuple(model.cfg.widths), checkpoint)
+    return {"loaded": loaded, "widened": widened, "wider": wider}
+
+
+def _widen(target: torch.Tensor, value: torch.Tensor, out_idx: list[int], in_idx: list[int] | None,
+           transposed: bool) -> torch.Tensor:
+    """``value`` (a narrower layer's tensor) placed into ``target`` (this layer's initialisation) at ``out_idx`` /
+    ``in_idx``; the old outputs' weights from new inputs are zero."""
+    new = target.clone()
+    if value.ndim == 0:  # num_batches_tracked
+        return value.clone()
+    if value.ndim == 1 or in_idx is None:
+        new[out_idx] = value
+        return new
+    if transposed:
+        new, value = new.transpose(0, 1), value.transpose(0, 1)
+    rows = torch.zeros_like(new[out_idx])
+    rows[:, in_idx] = value
+    new[out_idx] = rows
+    return new.transpose(0, 1).contiguous() if transposed else new
 
 
 def train_separation(cfg: SeparationTrainConfig) -> dict[str, Any]:

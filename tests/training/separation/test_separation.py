@@ -169,6 +169,38 @@ def test_a_few_steps_learn_to_separate_two_tones() -> None:
     assert sdrs[-1] > sdrs[0] + 3.0
 
 
+def test_a_wider_unet_warm_started_from_a_narrower_one_computes_the_same(tmp_path) -> None:
+    """init_unet widens a trained U-Net into one with more channels per level: the outputs are the checkpoint's
+    (BatchNorm statistics included), and the weights that join the new channels to the old get gradients."""
+    from training.models.separation import AVUNetSeparator
+    from training.separation.train import init_backbone, init_unet
+
+    torch.manual_seed(3)
+    old = create_model("separation_tiny_assign")
+    old.train()
+    with torch.no_grad():
+        for seed in range(3):  # BatchNorm statistics away from their initial values
+            old(*_inputs(old, batch=4, seed=seed))
+    save_checkpoint(tmp_path / "old.pt", {"model_config": dataclasses.asdict(old.cfg), "state_dict": old.state_dict()})
+    new = AVUNetSeparator(dataclasses.replace(old.cfg, widths=tuple(2 * w for w in old.cfg.widths)))
+    info = init_unet(new, str(tmp_path / "old.pt"))
+    assert info["wider"] > 0 and info["loaded"] == 5  # in_norm alone keeps its shape
+    init_backbone(new, str(tmp_path / "old.pt"))
+    old.eval(), new.eval()
+    video, audio = _inputs(old, batch=3, seed=7)
+    with torch.no_grad():
+        for a, b in zip(old(video, audio), new(video, audio)):
+            assert (a - b).abs().max() < 1e-5
+    new.train()
+    on, off = new(video, audio)
+    (on.square().mean() + off.abs().mean()).backward()
+    joined = new.decoder[0].conv[0].weight  # (out, in = [upsampled, skip]): old outputs from new inputs start at 0
+    w_old = old.cfg.widths[-2]
+    assert not joined[:w_old, w_old : 2 * w_old].any() and joined.grad[:w_old, w_old : 2 * w_old].abs().sum() > 0
+    with pytest.raises(ValueError, match="cannot widen"):
+        old.channel_maps(new.cfg.widths)
+
+
 @pytest.fixture(scope="module", params=["separation_tiny", "separation_tiny_assign"])
 def exported(request, tmp_path_factory) -> tuple[ModelStore, torch.nn.Module]:
     """A tiny model with random weights (BN statistics nudged), exported and published to a temp store; the
