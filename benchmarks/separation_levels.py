@@ -29,14 +29,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 log = logging.getLogger("separation_levels")
 
 
-def si_sdr(est: np.ndarray, ref: np.ndarray, eps: float = 1e-8) -> np.ndarray:
-    """(N, S) -> (N,) dB, zero-mean and scale-invariant (as training.separation.train.si_sdr)."""
-    est = est - est.mean(-1, keepdims=True)
-    ref = ref - ref.mean(-1, keepdims=True)
-    scale = (est * ref).sum(-1, keepdims=True) / ((ref * ref).sum(-1, keepdims=True) + eps)
-    target = scale * ref
-    noise = est - target
-    return 10 * np.log10(((target**2).sum(-1) + eps) / ((noise**2).sum(-1) + eps))
+def si_sdr(est: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """(N, S) -> (N,) dB: the scorer's own SI-SDR (``evaluate separation``), row by row."""
+    from training.separation.score import si_sdr_np
+
+    return np.array([si_sdr_np(e, r) for e, r in zip(est, ref)])
 
 
 def mixtures(data: str, cache_dir: str, clip, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
