@@ -51,18 +51,24 @@ def ensure_voices(out: str | Path = VOICES, **options: Any) -> dict[str, Any]:
 RECORDED_OPTIONS = {"engines": ("klettres",), "n_utts": 40}  # as `voices --engines klettres --utterances 40`
 
 
+# The separation model's stages after the SynthAV ones (separation_audio_only.yaml, then separation_default.yaml),
+# each warm-started from the one before: the synthesised speech library, the recorded readers added, then trained
+# on with the SI-SDR loss and a wider range of levels. The last is shipped.
+SEPARATION_SPEECH_STAGES = (("speech", "separation_speech.yaml"), ("recorded", "separation_speech_recorded.yaml"),
+                            ("sisdr", "separation_speech_sisdr.yaml"))
+
+
 def build_separation(root: Path, cache_dir: str, checkpoint: str | Path | None = None) -> None:
     """Train ``configs/separation_audio_only.yaml``, then ``configs/separation_default.yaml`` warm-started from it,
-    then ``configs/separation_speech.yaml`` (the synthesised speech library) from that, then
-    ``configs/separation_speech_recorded.yaml`` (the recorded readers added) from that (or take ``checkpoint``, a
-    finished run of the last config); export, score on synthetic-voice speech clips of seed 1000 and on faces voiced
-    by each library's held-out test speakers (none used in training) and publish as ``<root>/separation`` v1."""
+    then each of :data:`SEPARATION_SPEECH_STAGES` from the one before (or take ``checkpoint``, a finished run of the
+    last stage); export, score on synthetic-voice speech clips of seed 1000 and on faces voiced by each library's
+    held-out test speakers (none used in training) and publish as ``<root>/separation`` v1."""
     from training.config import load_config
     from training.separation.train import SeparationTrainConfig, train_separation
 
     voices = ensure_voices()
     recorded = ensure_voices(RECORDED, **RECORDED_OPTIONS)
-    config = "separation_speech_recorded.yaml"
+    last_stage, config = SEPARATION_SPEECH_STAGES[-1]
     cfg = load_config(SeparationTrainConfig, CONFIGS / config, fresh(cache_dir))
     metrics: dict[str, Any] = {}
     steps: dict[str, Any] = {}
@@ -73,32 +79,31 @@ def build_separation(root: Path, cache_dir: str, checkpoint: str | Path | None =
         synthetic = load_config(SeparationTrainConfig, CONFIGS / "separation_default.yaml",
                                 [*fresh(cache_dir), f"init_unet={Path(pit.out) / 'best.pt'}"])
         metrics["audio_visual"] = train_separation(synthetic)
+        stages = [("audio_only", pit), ("audio_visual", synthetic)]
         start = Path(synthetic.out) / "best.pt"
-        speech = load_config(SeparationTrainConfig, CONFIGS / "separation_speech.yaml",
-                             [*fresh(cache_dir), f"init_unet={start}", f"init_avsync={start}"])
-        metrics["speech"] = train_separation(speech)
-        start = Path(speech.out) / "best.pt"
-        cfg = load_config(SeparationTrainConfig, CONFIGS / config,
-                          [*fresh(cache_dir), f"init_unet={start}", f"init_avsync={start}"])
-        metrics["recorded"] = train_separation(cfg)
-        checkpoint = Path(cfg.out) / "best.pt"
-        steps = {name: {"steps": c.optim.steps, "best_step": metrics[name].get("step")}
-                 for name, c in (("audio_only", pit), ("audio_visual", synthetic), ("speech", speech),
-                                 ("recorded", cfg))}
+        for stage, name in SEPARATION_SPEECH_STAGES:
+            cfg = load_config(SeparationTrainConfig, CONFIGS / name,
+                              [*fresh(cache_dir), f"init_unet={start}", f"init_avsync={start}"])
+            metrics[stage] = train_separation(cfg)
+            stages.append((stage, cfg))
+            start = Path(cfg.out) / "best.pt"
+        checkpoint = start
+        steps = {name: {"steps": c.optim.steps, "best_step": metrics[name].get("step")} for name, c in stages}
     if not steps:  # a finished run of the last config: its own steps (the earlier stages' are in their configs)
         from training.utils import load_checkpoint
 
-        steps = {"recorded": {"steps": cfg.optim.steps, "best_step": load_checkpoint(checkpoint).get("step")}}
+        steps = {last_stage: {"steps": cfg.optim.steps, "best_step": load_checkpoint(checkpoint).get("step")}}
+    chain = ", ".join(name for _, name in SEPARATION_SPEECH_STAGES)
     extra = {"build": "python -m training build-defaults --tasks separation (configs separation_audio_only.yaml, "
-                      f"separation_default.yaml, separation_speech.yaml, then {config})",
+                      f"separation_default.yaml, then {chain})",
              "backbone": "AVSyncNet trained jointly from scratch" if not cfg.init_avsync
-             else "AVSyncNet trained jointly from scratch (separation_default.yaml), fine-tuned in "
-                  f"separation_speech.yaml and {config}",
+             else f"AVSyncNet trained jointly from scratch (separation_default.yaml), fine-tuned in {chain}",
              "voices": {"library": VOICES, "recorded": RECORDED, "train": cfg.data.train, "val": cfg.data.val,
                         "splits": voices.get("splits"), "synthesisers": voices.get("versions"),
                         "recorded_splits": recorded.get("splits"),
                         "recorded_source": recorded.get("versions", {}).get("klettres-data"),
-                        "augmentation": dataclasses.asdict(cfg.aug)},
+                        "augmentation": dataclasses.asdict(cfg.aug), "mix": dataclasses.asdict(cfg.mix),
+                        "loss": dataclasses.asdict(cfg.loss)},
              "steps": steps,
              "train_metrics": metrics}
     _publish_fresh(root, "separation", Path(checkpoint), EVAL_DATA["separation"], cache_dir, extra)

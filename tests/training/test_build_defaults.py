@@ -32,3 +32,37 @@ def test_action_stage_trains_every_seed_and_publishes_the_best_on_noisy_validati
     assert published["checkpoint"] == Path(trained[3][1]) / "best.pt"  # 3 and 4 tie at the top: the lower seed
     extra = published["extra"]
     assert extra["seed"] == 3 and extra["seeds_val_noisy_accuracy"] == {str(k): v for k, v in val.items()}
+
+
+def test_separation_stages_run_in_order_each_from_the_one_before(monkeypatch, tmp_path) -> None:
+    """build-defaults' separation chain: the two SynthAV stages, then every speech stage, each warm-started (U-Net and
+    backbone) from the previous run's best checkpoint; the last is published with every stage's steps. Each
+    config's own init (for running it by hand) names the previous stage's run directory too."""
+    import training.separation.train as sep_train
+    from training.config import load_config
+    from training.separation.train import SeparationTrainConfig
+
+    trained, published = [], {}
+
+    def fake_train(cfg):
+        trained.append(cfg)
+        return {"step": 7, "si_sdri_on": 1.0}
+
+    def fake_publish(root, task, checkpoint, eval_data, cache_dir, extra):
+        published.update(task=task, checkpoint=checkpoint, extra=extra)
+
+    monkeypatch.setattr(sep_train, "train_separation", fake_train)
+    monkeypatch.setattr(bd, "_publish_fresh", fake_publish)
+    monkeypatch.setattr(bd, "ensure_voices", lambda *a, **k: {})
+    bd.build_separation(tmp_path / "store", "data/synthav")
+    names = ["audio_only", "audio_visual", *(stage for stage, _ in bd.SEPARATION_SPEECH_STAGES)]
+    assert len(trained) == len(names) and all(c.overwrite for c in trained)
+    for before, after in zip(trained[1:], trained[2:]):
+        start = str(Path(before.out) / "best.pt")
+        assert after.init_unet == start and after.init_avsync == start
+    assert trained[1].init_unet == str(Path(trained[0].out) / "best.pt")
+    assert published["task"] == "separation" and published["checkpoint"] == Path(trained[-1].out) / "best.pt"
+    assert list(published["extra"]["steps"]) == names
+    configs = [load_config(SeparationTrainConfig, bd.CONFIGS / name, []) for _, name in bd.SEPARATION_SPEECH_STAGES]
+    for before, after in zip(configs, configs[1:]):
+        assert after.init_unet == str(Path(before.out) / "best.pt")
