@@ -92,7 +92,8 @@ def build_separation(root: Path, cache_dir: str, checkpoint: str | Path | None =
     if not steps:  # a finished run of the last config: its own steps (the earlier stages' are in their configs)
         from training.utils import load_checkpoint
 
-        steps = {last_stage: {"steps": cfg.optim.steps, "best_step": load_checkpoint(checkpoint).get("step")}}
+        best_step = (load_checkpoint(checkpoint).get("metrics") or {}).get("step")  # where its best.pt was saved
+        steps = {last_stage: {"steps": cfg.optim.steps, "best_step": best_step}}
     chain = ", ".join(name for _, name in SEPARATION_SPEECH_STAGES)
     extra = {"build": "python -m training build-defaults --tasks separation (configs separation_audio_only.yaml, "
                       f"separation_default.yaml, then {chain})",

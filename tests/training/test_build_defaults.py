@@ -1,10 +1,13 @@
-"""build-defaults' action stage: the recipe is trained once per seed and the run with the best noisy-validation
-accuracy is published (ties to the lower seed), with every seed's figure in the manifest. The training and the
-publishing are replaced by recorders here; the recipe itself is tested through train-action."""
+"""build-defaults' action stage (the recipe is trained once per seed and the run with the best noisy-validation
+accuracy is published, ties to the lower seed, with every seed's figure in the manifest) and its separation chain
+(each stage warm-started from the one before). The training and the publishing are replaced by recorders here; the
+recipes themselves are tested through train-action and train-separation."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import pytest
 
 import training.action.noisy.train as noisy_train
 import training.build_defaults as bd
@@ -66,3 +69,21 @@ def test_separation_stages_run_in_order_each_from_the_one_before(monkeypatch, tm
     configs = [load_config(SeparationTrainConfig, bd.CONFIGS / name, []) for _, name in bd.SEPARATION_SPEECH_STAGES]
     for before, after in zip(configs, configs[1:]):
         assert after.init_unet == str(Path(before.out) / "best.pt")
+
+
+def test_separation_from_a_finished_run_records_where_its_best_checkpoint_was(monkeypatch, tmp_path) -> None:
+    """Given a finished run of the last stage, nothing is trained, and the manifest's steps say at which step its
+    best.pt was saved (the checkpoint keeps it among its metrics)."""
+    import training.separation.train as sep_train
+    from training.utils import save_checkpoint
+
+    published = {}
+    monkeypatch.setattr(sep_train, "train_separation", lambda cfg: pytest.fail("trained a stage"))
+    monkeypatch.setattr(bd, "_publish_fresh", lambda root, task, checkpoint, eval_data, cache_dir, extra:
+                        published.update(checkpoint=checkpoint, extra=extra))
+    monkeypatch.setattr(bd, "ensure_voices", lambda *a, **k: {})
+    save_checkpoint(tmp_path / "best.pt", {"metrics": {"step": 13500, "val_si_sdri_on": 5.0}, "state_dict": {}})
+    bd.build_separation(tmp_path / "store", "data/synthav", checkpoint=tmp_path / "best.pt")
+    last, _ = bd.SEPARATION_SPEECH_STAGES[-1]
+    assert published["checkpoint"] == tmp_path / "best.pt"
+    assert published["extra"]["steps"][last]["best_step"] == 13500 and published["extra"]["steps"][last]["steps"] > 0
