@@ -33,16 +33,15 @@ def si_sdr(est: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """(N, S) -> (N,) dB: the scorer's own SI-SDR (``evaluate separation``), row by row."""
     from training.separation.score import si_sdr_np
 
-    return np.array([si_sdr_np(e, r) for e, r in zip(est, ref)])
+    return np.array([si_sdr_np(e, r) for e, r in zip(est, ref, strict=True)])
 
 
 def mixtures(data: str, cache_dir: str, clip, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from training.separation.mixing import MixConfig
-    from training.separation.train import SepDataConfig, load_sources, make_batch
+    from training.separation.train import SepDataConfig, fixed_batches, load_sources
 
     src = load_sources(data, clip, SepDataConfig(cache_dir=cache_dir))
-    rng = np.random.default_rng(seed)
-    batches = [make_batch(src, clip, MixConfig(gain=(1.0, 1.0)), rng, 16) for _ in range(-(-n // 16))]
+    batches = fixed_batches(src, clip, MixConfig(gain=(1.0, 1.0)), seed, n)
     video, mix, refs = (np.concatenate([b[k].numpy() for b in batches])[:n] for k in range(3))
     return video, mix, refs
 

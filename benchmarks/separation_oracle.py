@@ -19,7 +19,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -32,19 +31,18 @@ MASKS = ("ratio", "wiener", "phase_sensitive")
 def oracle(data: str, cfg, aug, windows: int, seed: int) -> dict[str, list[float]]:
     from training.models import clip_spec_for
     from training.models.separation import InverseStft, Stft
-    from training.separation.train import load_sources, make_batch, si_sdr
+    from training.separation.train import fixed_batches, load_sources, si_sdr
 
     clip = clip_spec_for(cfg.model, cfg.window_hop_s, stft=True)
     stft = Stft(clip.stft.n_fft, clip.stft.hop_length)
     istft = InverseStft(clip.stft.n_fft, clip.stft.hop_length, clip.audio_samples)
     src = load_sources(data, clip, cfg.data)
-    rng = np.random.default_rng(seed)
     out: dict[str, list[torch.Tensor]] = {m: [] for m in MASKS}
-    for _ in range(-(-windows // 16)):
-        _, mix, refs = make_batch(src, clip, cfg.mix, rng, 16, aug=aug)
+    for _, mix, refs in fixed_batches(src, clip, cfg.mix, seed, windows, aug=aug):
         re, im = stft(mix)
         mix_mag = torch.sqrt(re * re + im * im) + 1e-8
-        mags = [torch.sqrt(sum(x * x for x in stft(refs[:, k]))) for k in range(2)]
+        specs = [stft(refs[:, k]) for k in range(2)]  # each clean track's (re, im)
+        mags = [torch.sqrt(r * r + i * i) for r, i in specs]
         base = si_sdr(mix[:, None].expand_as(refs), refs)
         for name in MASKS:
             if name == "ratio":
@@ -52,10 +50,7 @@ def oracle(data: str, cfg, aug, windows: int, seed: int) -> dict[str, list[float
             elif name == "wiener":
                 masks = [m**2 / (mags[0] ** 2 + mags[1] ** 2 + 1e-8) for m in mags]
             else:  # the clean track's projection on the mixture, over the mixture's magnitude
-                masks = []
-                for k in range(2):
-                    r, i = stft(refs[:, k])
-                    masks.append(((r * re + i * im) / (mix_mag * mix_mag)).clamp(0.0, 1.0))
+                masks = [((r * re + i * im) / (mix_mag * mix_mag)).clamp(0.0, 1.0) for r, i in specs]
             est = torch.stack([istft(m * re, m * im) for m in masks], dim=1)
             out[name].append(si_sdr(est, refs) - base)
     return {name: torch.cat(v)[:windows].mean(0).tolist() for name, v in out.items()}

@@ -7,8 +7,9 @@ and too used to give.
         [--config training/configs/separation_speech_recorded.yaml]
 
 Mixtures are drawn from ``--config``'s validation set (its speakers only: never a test set), with its recording
-conditions and the ``--gain`` range, from ``--seed`` (not the seed training validates with). Every checkpoint scores the same mixtures, outputs in the order the model assigns. Prints SI-SDRi on / off
-per checkpoint and, for each later one, its mean improvement over the first (both tracks averaged).
+conditions and the ``--gain`` range, from ``--seed`` (not the seed training validates with). Every checkpoint
+scores the same mixtures, outputs in the order the model assigns. Prints SI-SDRi on / off per checkpoint and, for
+each later one, its mean improvement over the first (both tracks averaged).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 def main(argv: list[str] | None = None) -> int:
     from training.config import load_config
     from training.models import clip_spec_for, create_model
-    from training.separation.train import SeparationTrainConfig, load_sources, make_batch, si_sdr
+    from training.separation.train import SeparationTrainConfig, fixed_batches, load_sources, si_sdr
     from training.utils import load_checkpoint
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -36,8 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(SeparationTrainConfig, args.config, [f"mix.gain=[{args.gain[0]},{args.gain[1]}]"])
     clip = clip_spec_for(cfg.model, cfg.window_hop_s, stft=True)
     src = load_sources(cfg.data.val, clip, cfg.data)
-    rng = np.random.default_rng(args.seed)
-    batches = [make_batch(src, clip, cfg.mix, rng, 16, aug=cfg.aug) for _ in range(-(-args.windows // 16))]
+    batches = fixed_batches(src, clip, cfg.mix, args.seed, args.windows, aug=cfg.aug)
     print(f"{args.windows} mixtures of {cfg.data.val}, gain {args.gain}, conditions {cfg.aug}")
     scores = {}
     for path in args.checkpoints:

@@ -284,6 +284,15 @@ def make_batch(src: SourceSet, clip: ClipSpec, mix: MixConfig, rng: np.random.Ge
     return torch.from_numpy(np.stack(videos)), torch.from_numpy(np.stack(mixes)), torch.from_numpy(np.stack(refs))
 
 
+def fixed_batches(src: SourceSet, clip: ClipSpec, mix: MixConfig, seed: int, windows: int,
+                  aug: AugConfig | None = None, size: int = 16
+                  ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """A fixed set of ``windows`` mixtures (rounded up to whole batches of ``size``), drawn from ``seed``: the
+    in-RAM validation set, and the sets the separation benchmarks score checkpoints on."""
+    rng = np.random.default_rng(seed)
+    return [make_batch(src, clip, mix, rng, size, aug=aug) for _ in range(math.ceil(windows / size))]
+
+
 def _window(x: np.ndarray, start: int, length: int) -> np.ndarray:
     out = np.zeros(length, dtype=np.float32)
     chunk = x[start : start + length]
@@ -424,9 +433,7 @@ def train_separation(cfg: SeparationTrainConfig) -> dict[str, Any]:
         val = sep_stream.val_batches(val_voices, clip, cfg.mix, cfg.aug, cfg.stream, cfg.data.val_windows, run.rank,
                                      run.world_size, cache=find_cache(val_voices.table, clip, cfg.stream))
     else:
-        val_rng = np.random.default_rng(12345)
-        val = [make_batch(val_src, clip, cfg.mix, val_rng, 16, aug=cfg.aug)
-               for _ in range(math.ceil(cfg.data.val_windows / 16))]
+        val = fixed_batches(val_src, clip, cfg.mix, 12345, cfg.data.val_windows, aug=cfg.aug)
     if streaming:
         log.info("separation: %d voices of %d speakers streamed from %s, %d process(es)", len(train_voices),
                  train_voices.speakers, manifest, run.world_size)
