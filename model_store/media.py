@@ -325,7 +325,7 @@ class _MonoTrack:
         if self.block:
             chain.append(graph.add("asetnsamples", nb_out_samples=str(self.block), pad="0"))
         chain.append(graph.add("abuffersink"))
-        for a, b in zip(chain, chain[1:]):
+        for a, b in zip(chain, chain[1:], strict=False):
             a.link_to(b)
         graph.configure()
         return graph

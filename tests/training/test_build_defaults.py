@@ -60,14 +60,14 @@ def test_separation_stages_run_in_order_each_from_the_one_before(monkeypatch, tm
     bd.build_separation(tmp_path / "store", "data/synthav")
     names = ["audio_only", "audio_visual", *(stage for stage, _ in bd.SEPARATION_SPEECH_STAGES)]
     assert len(trained) == len(names) and all(c.overwrite for c in trained)
-    for before, after in zip(trained[1:], trained[2:]):
+    for before, after in zip(trained[1:], trained[2:], strict=False):
         start = str(Path(before.out) / "best.pt")
         assert after.init_unet == start and after.init_avsync == start
     assert trained[1].init_unet == str(Path(trained[0].out) / "best.pt")
     assert published["task"] == "separation" and published["checkpoint"] == Path(trained[-1].out) / "best.pt"
     assert list(published["extra"]["steps"]) == names
     configs = [load_config(SeparationTrainConfig, bd.CONFIGS / name, []) for _, name in bd.SEPARATION_SPEECH_STAGES]
-    for before, after in zip(configs, configs[1:]):
+    for before, after in zip(configs, configs[1:], strict=False):
         assert after.init_unet == str(Path(before.out) / "best.pt")
 
 

@@ -189,7 +189,7 @@ class AVUNetSeparator(nn.Module):
         the weight is transposed (a ConvTranspose2d stores (in, out, kh, kw)). Encoder inputs are ``[features,
         audio-visual features]`` and decoder convs take ``[upsampled, skip]``: each part starts at its own offset."""
         new, old = self.cfg.widths, tuple(old_widths)
-        if len(old) != len(new) or any(o > n for o, n in zip(old, new)):
+        if len(old) != len(new) or any(o > n for o, n in zip(old, new, strict=True)):
             raise ValueError(f"cannot widen U-Net widths {old} into {new}")
         r = lambda n: list(range(n))  # noqa: E731
         maps: dict[str, tuple[list[int], list[int] | None, bool]] = {}
@@ -202,7 +202,7 @@ class AVUNetSeparator(nn.Module):
                 maps[f"encoder.{level}.3"] = (r(old[level]), r(old[level]), False)
                 maps[f"encoder.{level}.4"] = (r(old[level]), None, False)
         cin_old = old[-1]
-        outs = list(zip(old[:-1][::-1], new[:-1][::-1]))
+        outs = list(zip(old[:-1][::-1], new[:-1][::-1], strict=True))
         for i, (w_old, w_new) in enumerate(outs):
             maps[f"decoder.{i}.up"] = (r(w_old), r(cin_old), True)
             maps[f"decoder.{i}.conv.0"] = (r(w_old), r(w_old) + [w_new + j for j in range(w_old)], False)

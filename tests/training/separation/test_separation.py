@@ -189,7 +189,7 @@ def test_a_wider_unet_warm_started_from_a_narrower_one_computes_the_same(tmp_pat
     old.eval(), new.eval()
     video, audio = _inputs(old, batch=3, seed=7)
     with torch.no_grad():
-        for a, b in zip(old(video, audio), new(video, audio)):
+        for a, b in zip(old(video, audio), new(video, audio), strict=True):
             assert (a - b).abs().max() < 1e-5
     new.train()
     on, off = new(video, audio)
