@@ -90,3 +90,68 @@ def test_recorded_readers_render_runs_of_their_own_recordings(tmp_path, monkeypa
             longest = max((len(run) for run in np.split(quiet, np.flatnonzero(np.diff(quiet.astype(int))) + 1)
                            if run.all()), default=0)
             assert longest < 0.4 * rate
+
+
+def _mp3_line(f0: float, seconds: float, sr: int = 11025) -> bytes:
+    """A "line": a tone at ``f0`` between half-second silences, as a mono MP3 file's bytes."""
+    import io
+    from fractions import Fraction
+
+    import av
+
+    t = np.arange(int(seconds * sr)) / sr
+    x = np.concatenate([np.zeros(sr // 2), 0.3 * np.sin(2 * np.pi * f0 * t), np.zeros(sr // 2)]).astype(np.float32)
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp3") as out:
+        stream = out.add_stream("libmp3lame", rate=sr, layout="mono")
+        for start in range(0, len(x), 1152):
+            frame = av.AudioFrame.from_ndarray(x[None, start : start + 1152], format="flt", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = sr, start, Fraction(1, sr)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buf.getvalue()
+
+
+def test_acted_dialogue_is_read_from_the_game_archive_by_character(tmp_path, monkeypatch) -> None:
+    """``--engines fotaq``: the voice lines of the game's archive (a table of named entries), one speaker for the
+    hero's lines (J) and one per dialogue file's other character (P); cut-scene lines and other files are left out;
+    every speaker is one person, in train; utterances are runs of consecutive lines, 3-6 s, trimmed of silence."""
+    import struct
+
+    import training.data.voices as voices
+
+    files = {"010001J1.SB": _mp3_line(120, 1.5), "010001P1.SB": _mp3_line(220, 2.0),
+             "010002J1.SB": _mp3_line(125, 2.5), "010002P1.SB": _mp3_line(230, 1.6),
+             "010003P1.SB": _mp3_line(240, 2.2), "020001P1.SB": _mp3_line(300, 4.0),
+             "C01A_011.SB": _mp3_line(500, 2.0), "ROOM1.PCX": b"\x00" * 64}
+    table, blobs = b"", b""
+    start = 15 + 21 * len(files) + 12  # the data after the table and a NUL name that ends it
+    for name, blob in files.items():
+        table += name.encode().ljust(12, b"\0") + b"\x01" + struct.pack(">II", start + len(blobs), len(blob))
+        blobs += blob
+    archive = tmp_path / "queen.1c"
+    archive.write_bytes(b"QTBLCEM10" + b"\0" * 6 + table + b"\0" * 12 + blobs)
+    monkeypatch.setattr(voices, "FOTAQ_ARCHIVE", archive)
+
+    lines = voices.fotaq_lines()
+    assert {k: len(v) for k, v in lines.items()} == {"fotaq-joe": 2, "fotaq-d01": 3, "fotaq-d02": 1}
+    assert lines["fotaq-d02"][0] == files["020001P1.SB"]
+    assert [sp.person for sp in voices.fotaq_speakers()] == ["fotaq"] * 3 and split_of("fotaq") == "train"
+    monkeypatch.setattr(voices, "speakers", lambda seed=0: [])
+    index = build_library(tmp_path / "lib", engines=("fotaq",), workers=1)
+    rows = {r["name"]: r for r in csv.DictReader(index.open())}
+    assert set(rows) == {"fotaq-joe", "fotaq-d01", "fotaq-d02"} and {r["split"] for r in rows.values()} == {"train"}
+    for name, row in rows.items():
+        out = sorted((tmp_path / "lib" / "train" / name).glob("*.wav"))
+        assert len(out) == int(row["utterances"]) == 1  # each character's lines make one run here
+        x, rate = sf.read(out[0])
+        n_lines = {"fotaq-joe": 2, "fotaq-d01": 3, "fotaq-d02": 1}[name]
+        spoken = {"fotaq-joe": 4.0, "fotaq-d01": 5.8, "fotaq-d02": 4.0}[name]
+        # the tones kept (within the trim's margins and the +-6 % resampling), the 0.5-s silences around them gone,
+        # 0.2-0.6 s pauses between lines
+        assert rate == 16000 and spoken * 0.94 <= len(x) / rate <= (spoken + 0.7 * n_lines) * 1.06
+    with pytest.raises(RuntimeError, match="QTBL"):
+        (tmp_path / "bad.1c").write_bytes(b"RIFF" + b"\0" * 40)
+        voices.fotaq_lines(tmp_path / "bad.1c")

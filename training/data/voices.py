@@ -14,6 +14,15 @@ syllables of 20 languages (KDE's KLettres, one reader per language; about 50 min
 random run of one reader's recordings, each trimmed of its silences, with short pauses between them, resampled
 like the others: real human voices and real microphones, if not real sentences.
 
+**Acted dialogue** (``--engines fotaq``, a library of its own: ``python -m training voices --out data/voices_talkie
+--engines fotaq``): Debian's ``flight-of-the-amazon-queen`` (main) is the talkie release of a 1995 adventure game,
+given away by its authors: about 4 hours of continuous English sentences spoken by its voice actors, MP3 at 11.025
+kHz inside the game's archive (``queen.1c``). A speaker is the hero (``J`` lines) or the character of one dialogue
+file (``P`` lines of dialogue ``NN``); the cut-scene lines, which mix characters, are left out. Which actor voiced
+which character is not known, so every one of them is one ``person`` and all go to ``train``: none of them is in
+our val or test, and none is in the independent evaluation. An utterance is a run of one character's consecutive
+lines, each trimmed of silence, 0.2-0.6 s apart, until it is 3-6 s long, resampled like the others.
+
 Splits are **speaker-disjoint and person-disjoint**: two voices made from the same person's recordings (Flite's
 and Festival's ``kal``, ``slt``) have one ``person`` and always land in the same split. ``test`` and ``val``
 persons are fixed below; espeak-ng speakers are split by a hash of their name. Debian's
@@ -31,7 +40,9 @@ import hashlib
 import json
 import logging
 import math
+import re
 import shutil
+import struct
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -77,6 +88,9 @@ KLETTRES_ROOT = Path("/usr/share/klettres")
 KLETTRES = ("ar", "cs", "da", "de", "en", "en_GB", "es", "fr", "he", "hu", "it", "lt", "ml", "nb", "nds", "nl",
             "pt_BR", "ru", "tn", "uk")
 _KLETTRES_PERSON = {"en_GB": "en", "nds": "de", "uk": "ru"}
+# The acted dialogue: the game's archive, and its voice lines (``<dialogue NN><line id><J|P><part>.SB``).
+FOTAQ_ARCHIVE = Path("/usr/share/scummvm/flight-of-the-amazon-queen/queen.1c")
+_FOTAQ_LINE = re.compile(r"(\d\d)[0-9A-F]{4}([JP])\d\.SB")
 # Persons held out. test: our own speaker-disjoint evaluation; val: model selection during training.
 TEST_PERSONS = frozenset({"ked", "krb", "pc", "mv", "rms", "klettres-fr", "klettres-lt", "klettres-pt_BR"})
 VAL_PERSONS = frozenset({"ph", "awb", "klettres-nl"})
@@ -158,13 +172,15 @@ def sentence(rng: np.random.Generator, language: str) -> str:
     return " ".join(words)
 
 
-ENGINES = ("festival", "flite", "espeak", "klettres")
+ENGINES = ("festival", "flite", "espeak", "klettres", "fotaq")
 SYNTHESISERS = ("festival", "flite", "espeak")  # what ``voices`` renders by default
 
 
 def available(engine: str) -> bool:
     if engine == "klettres":
         return KLETTRES_ROOT.is_dir()
+    if engine == "fotaq":
+        return FOTAQ_ARCHIVE.is_file()
     return shutil.which({"festival": "festival", "flite": "flite", "espeak": "espeak-ng"}[engine]) is not None
 
 
@@ -253,6 +269,84 @@ def render_recorded(sp: Speaker, out_dir: Path, n_utts: int, rng: np.random.Gene
     return n_utts, total
 
 
+def fotaq_lines(archive: Path | None = None) -> dict[str, list[bytes]]:
+    """The voice lines of the game's archive by speaker (``fotaq-joe``, ``fotaq-dNN``), each an MP3 file's bytes,
+    in the archive's order (a dialogue's lines in turn).
+
+    The archive as Debian ships it (``archive``: :data:`FOTAQ_ARCHIVE`) starts with ``QTBL``, a version (``CEM10``)
+    and 6 bytes not read here, then a table of 21-byte entries: the file name (12 bytes, NUL-padded), a bundle number
+    (1 byte), the file's offset and size in the archive (big-endian 32-bit)."""
+    archive = archive or FOTAQ_ARCHIVE
+    data = archive.read_bytes()
+    if data[:4] != b"QTBL":
+        raise RuntimeError(f"{archive}: not the game's resource archive (no QTBL header)")
+    lines: dict[str, list[bytes]] = {}
+    pos, n = 15, 0
+    while pos + 21 <= len(data):
+        raw = data[pos : pos + 12].rstrip(b"\0")
+        if not re.fullmatch(rb"[0-9A-Z_-]+\.[0-9A-Z]{1,3}", raw):
+            break  # the end of the table
+        offset, size = struct.unpack(">II", data[pos + 13 : pos + 21])
+        if offset + size > len(data):
+            raise RuntimeError(f"{archive}: entry {raw.decode()} runs past the end of the archive")
+        pos, n = pos + 21, n + 1
+        if m := _FOTAQ_LINE.fullmatch(raw.decode()):
+            who = "fotaq-joe" if m.group(2) == "J" else f"fotaq-d{m.group(1)}"
+            lines.setdefault(who, []).append(data[offset : offset + size])
+    if not lines:
+        raise RuntimeError(f"{archive}: no voice lines among its {n} entries")
+    return lines
+
+
+def fotaq_speakers(archive: Path | None = None) -> list[Speaker]:
+    """One speaker per character of the game's archive (empty if it is not installed); one person for all."""
+    archive = archive or FOTAQ_ARCHIVE
+    if not archive.is_file():
+        return []
+    return [Speaker(name, "fotaq", "fotaq", name, "en") for name in sorted(fotaq_lines(archive))]
+
+
+def _mp3(data: bytes) -> tuple[np.ndarray, int]:
+    """A mono MP3 file's samples (float64) and rate."""
+    import io
+
+    import av
+
+    with av.open(io.BytesIO(data), format="mp3") as container:
+        stream = container.streams.audio[0]
+        chunks = [f.to_ndarray().reshape(-1, f.samples).mean(axis=0) for f in container.decode(stream)]
+        return (np.concatenate(chunks) if chunks else np.zeros(0)).astype(np.float64), stream.rate
+
+
+def render_acted(sp: Speaker, out_dir: Path, rng: np.random.Generator, archive: Path | None = None,
+                 seconds: tuple[float, float] = (3.0, 6.0)) -> tuple[int, float]:
+    """Every line of one character of the game, as utterances: runs of consecutive lines, each trimmed of silence,
+    0.2-0.6 s apart, until the utterance is 3-6 s long (the last run may be shorter, if at least 1 s), each
+    resampled by a factor within +-6 %. Returns (count, seconds)."""
+    clips = []
+    for data in fotaq_lines(archive).get(sp.voice, []):
+        x, sr = _mp3(data)
+        x = _trim(_resample(x, sr, 1.0), SAMPLE_RATE)
+        if len(x) >= SAMPLE_RATE // 5:
+            clips.append(x)
+    if not clips:
+        raise RuntimeError(f"{sp.name}: no usable lines in {archive or FOTAQ_ARCHIVE}")
+    count, total, parts, n = 0, 0.0, [], 0
+    target = rng.uniform(*seconds) * SAMPLE_RATE
+    for i, x in enumerate(clips):
+        parts.append(x)
+        n += len(x)
+        last = i == len(clips) - 1
+        if n >= target or (last and n >= SAMPLE_RATE):
+            gaps = [np.zeros(int(rng.uniform(0.2, 0.6) * SAMPLE_RATE)) for _ in parts[1:]]
+            y = np.concatenate([v for pair in zip(parts, [*gaps, np.zeros(0)], strict=True) for v in pair])
+            y = _resample(y, SAMPLE_RATE, float(rng.uniform(0.94, 1.06)))
+            total += _write_utterance(out_dir / f"{count:04d}.wav", y, f"{sp.name}: utterance {count}")
+            count, parts, n = count + 1, [], 0
+            target = rng.uniform(*seconds) * SAMPLE_RATE
+    return count, total
+
+
 def render_speaker(sp: Speaker, out_dir: Path, n_utts: int, seed: int) -> tuple[int, float]:
     """Write ``n_utts`` utterances of ``sp`` (each two sentences with a pause; a KLettres reader:
     :func:`render_recorded`) to ``out_dir``: (count, seconds)."""
@@ -260,6 +354,9 @@ def render_speaker(sp: Speaker, out_dir: Path, n_utts: int, seed: int) -> tuple[
     if sp.engine == "klettres":
         out_dir.mkdir(parents=True, exist_ok=True)
         return render_recorded(sp, out_dir, n_utts, rng)
+    if sp.engine == "fotaq":  # every line of the character: n_utts does not apply
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return render_acted(sp, out_dir, rng)
     texts = [sentence(rng, sp.language) for _ in range(2 * n_utts)]
     factors = rng.uniform(0.94, 1.06, size=n_utts)
     pauses = rng.uniform(0.2, 0.7, size=n_utts)
@@ -282,7 +379,9 @@ def _versions() -> dict[str, str]:
     out = {}
     for name, cmd in (("festival", ["festival", "--version"]), ("flite", ["flite", "--version"]),
                       ("espeak-ng", ["espeak-ng", "--version"]),
-                      ("klettres-data", ["dpkg-query", "-W", "-f", "${Version}", "klettres-data"])):
+                      ("klettres-data", ["dpkg-query", "-W", "-f", "${Version}", "klettres-data"]),
+                      ("flight-of-the-amazon-queen",
+                       ["dpkg-query", "-W", "-f", "${Version}", "flight-of-the-amazon-queen"])):
         try:
             out[name] = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
         except (OSError, subprocess.SubprocessError):
@@ -297,7 +396,7 @@ def build_library(out: str | Path, n_utts: int = 24, n_espeak_utts: int = 12, se
     voices: ``klettres-data``)."""
     out = Path(out)
     todo = []
-    for sp in speakers(seed):
+    for sp in [*speakers(seed), *(fotaq_speakers() if "fotaq" in engines else [])]:
         if sp.engine not in engines:
             continue
         if not available(sp.engine):
@@ -352,6 +451,7 @@ def add_parser(sub) -> None:
     p.add_argument("--espeak-utterances", type=int, default=12, help="per espeak-ng speaker")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--engines", nargs="+", choices=ENGINES, default=list(SYNTHESISERS),
-                   help="klettres: the recorded voices of Debian's klettres-data, best as a library of their own")
+                   help="klettres: the recorded readers of Debian's klettres-data; fotaq: the acted dialogue of "
+                   "Debian's flight-of-the-amazon-queen; each best as a library of its own")
     p.set_defaults(func=lambda a: print(build_library(a.out, a.utterances, a.espeak_utterances, a.seed, a.workers,
                                                       a.engines, progress=True)) or 0)
