@@ -155,3 +155,34 @@ def test_acted_dialogue_is_read_from_the_game_archive_by_character(tmp_path, mon
     with pytest.raises(RuntimeError, match="QTBL"):
         (tmp_path / "bad.1c").write_bytes(b"RIFF" + b"\0" * 40)
         voices.fotaq_lines(tmp_path / "bad.1c")
+
+
+def test_drascula_casts_are_held_out_by_language(tmp_path, monkeypatch) -> None:
+    """``--engines drascula``: one speaker per character (the file name's letters) and language folder, headerless
+    8-bit PCM lines at 11.025 kHz; the English cast is one person in test, the Spanish cast one in val; the Italian
+    folder (the English recordings again) and files that are not voice lines are left out."""
+    import training.data.voices as voices
+
+    sr = 11025
+    root = tmp_path / "drascula"
+    for lang, f0 in (("en", 130.0), ("es", 210.0), ("it", 130.0)):
+        (root / lang).mkdir(parents=True)
+        for name, k in (("1.ALS", 0), ("2.ALS", 1), ("D1.ALS", 2), ("VB1.ALS", 3)):
+            t = np.arange(int(2.5 * sr)) / sr
+            x = np.concatenate([np.zeros(sr // 3), 0.5 * np.sin(2 * np.pi * f0 * (1 + 0.2 * k) * t), np.zeros(sr // 3)])
+            (root / lang / name).write_bytes(np.round(128 + 127 * x).astype(np.uint8).tobytes())
+        (root / lang / "99.ALD").write_bytes(b"\x80" * 100)
+    monkeypatch.setattr(voices, "DRASCULA_ROOT", root)
+    assert list(voices.drascula_lines("en")) == ["drascula-en-d", "drascula-en-hero", "drascula-en-vb"]
+    assert [p.name for p in voices.drascula_lines("en")["drascula-en-hero"]] == ["1.ALS", "2.ALS"]
+    monkeypatch.setattr(voices, "speakers", lambda seed=0: [])
+    index = build_library(tmp_path / "lib", engines=("drascula",), workers=1)
+    rows = {r["name"]: r for r in csv.DictReader(index.open())}
+    assert {n: (r["person"], r["split"]) for n, r in rows.items()} == {
+        **{f"drascula-en-{c}": ("drascula-en", "test") for c in ("d", "hero", "vb")},
+        **{f"drascula-es-{c}": ("drascula-es", "val") for c in ("d", "hero", "vb")}}
+    x, rate = sf.read(tmp_path / "lib" / "test" / "drascula-en-hero" / "0000.wav")
+    # two 2.5-s lines, trimmed of their silences, 0.2-0.6 s apart: one utterance
+    assert rate == 16000 and 5.0 * 0.94 <= len(x) / rate <= (5.0 + 0.2 + 0.6) * 1.06
+    spectrum = np.abs(np.fft.rfft(x[: rate * 2]))
+    assert abs(np.argmax(spectrum) * rate / (2 * rate) / 130.0 - 1) < 0.07  # the pitch, within the +-6 % resampling

@@ -23,6 +23,13 @@ which character is not known, so every one of them is one ``person`` and all go 
 our val or test, and none is in the independent evaluation. An utterance is a run of one character's consecutive
 lines, each trimmed of silence, 0.2-0.6 s apart, until it is 3-6 s long, resampled like the others.
 
+**Acted dialogue held out** (``--engines drascula``: ``python -m training voices --out data/voices_drascula --engines
+drascula``): Debian's ``drascula`` and ``drascula-spanish`` (main; a 1996 adventure game given away by Alcachofa
+Soft) hold its voice lines as headerless 8-bit PCM at 11.025 kHz, 48 minutes by the English cast and 25 by the
+Spanish one, one file per line, named by character. Its English cast is our own **test** of continuous real
+speech (``drascula-en``), the Spanish cast our **val** (``drascula-es``); nothing trains on either. A character is
+a speaker, a cast is a person (who voiced whom within a cast is not known; the two casts were recorded apart).
+
 Splits are **speaker-disjoint and person-disjoint**: two voices made from the same person's recordings (Flite's
 and Festival's ``kal``, ``slt``) have one ``person`` and always land in the same split. ``test`` and ``val``
 persons are fixed below; espeak-ng speakers are split by a hash of their name. Debian's
@@ -92,8 +99,9 @@ _KLETTRES_PERSON = {"en_GB": "en", "nds": "de", "uk": "ru"}
 FOTAQ_ARCHIVE = Path("/usr/share/scummvm/flight-of-the-amazon-queen/queen.1c")
 _FOTAQ_LINE = re.compile(r"(\d\d)[0-9A-F]{4}([JP])\d\.SB")
 # Persons held out. test: our own speaker-disjoint evaluation; val: model selection during training.
-TEST_PERSONS = frozenset({"ked", "krb", "pc", "mv", "rms", "klettres-fr", "klettres-lt", "klettres-pt_BR"})
-VAL_PERSONS = frozenset({"ph", "awb", "klettres-nl"})
+TEST_PERSONS = frozenset({"ked", "krb", "pc", "mv", "rms", "klettres-fr", "klettres-lt", "klettres-pt_BR",
+                          "drascula-en"})
+VAL_PERSONS = frozenset({"ph", "awb", "klettres-nl", "drascula-es"})
 
 _EN_WORDS = (
     "the a this that my your our their one two three some many every people time year day week night way "
@@ -172,7 +180,7 @@ def sentence(rng: np.random.Generator, language: str) -> str:
     return " ".join(words)
 
 
-ENGINES = ("festival", "flite", "espeak", "klettres", "fotaq")
+ENGINES = ("festival", "flite", "espeak", "klettres", "fotaq", "drascula")
 SYNTHESISERS = ("festival", "flite", "espeak")  # what ``voices`` renders by default
 
 
@@ -181,6 +189,8 @@ def available(engine: str) -> bool:
         return KLETTRES_ROOT.is_dir()
     if engine == "fotaq":
         return FOTAQ_ARCHIVE.is_file()
+    if engine == "drascula":
+        return any((DRASCULA_ROOT / lang).is_dir() for lang in DRASCULA_LANGS)
     return shutil.which({"festival": "festival", "flite": "flite", "espeak": "espeak-ng"}[engine]) is not None
 
 
@@ -318,19 +328,52 @@ def _mp3(data: bytes) -> tuple[np.ndarray, int]:
         return (np.concatenate(chunks) if chunks else np.zeros(0)).astype(np.float64), stream.rate
 
 
-def render_acted(sp: Speaker, out_dir: Path, rng: np.random.Generator, archive: Path | None = None,
+DRASCULA_ROOT = Path("/usr/share/scummvm/drascula")
+DRASCULA_RATE = 11025  # the voice files are headerless unsigned 8-bit PCM at this rate
+_DRASCULA_LINE = re.compile(r"([A-Z]*)(\d+)\.ALS")
+# Drascula's voice casts by language folder: English and Spanish are recorded apart (the Italian folder holds the
+# English recordings again, so it is left out).
+DRASCULA_LANGS = ("en", "es")
+
+
+def drascula_lines(lang: str, root: Path | None = None) -> dict[str, list[Path]]:
+    """The voice files of one language version of Drascula by character (``drascula-<lang>-<prefix>``, the file
+    name's letters; no letters: the hero), in line-number order."""
+    folder = (root or DRASCULA_ROOT) / lang
+    out: dict[str, list[tuple[int, Path]]] = {}
+    for path in folder.glob("*.ALS") if folder.is_dir() else ():
+        if m := _DRASCULA_LINE.fullmatch(path.name):
+            out.setdefault(f"drascula-{lang}-{m.group(1).lower() or 'hero'}", []).append((int(m.group(2)), path))
+    return {who: [p for _, p in sorted(lines)] for who, lines in sorted(out.items())}
+
+
+def drascula_speakers(root: Path | None = None) -> list[Speaker]:
+    """One speaker per character and language (empty if the game is not installed); a language's cast is one
+    person: the English and the Spanish casts are different people, within a cast it is not known who voiced whom."""
+    return [Speaker(who, f"drascula-{lang}", "drascula", who, lang) for lang in DRASCULA_LANGS
+            for who in drascula_lines(lang, root)]
+
+
+def _acted_lines(sp: Speaker) -> list[tuple[np.ndarray, int]]:
+    """One character's lines in order, as (samples, rate)."""
+    if sp.engine == "fotaq":
+        return [_mp3(data) for data in fotaq_lines().get(sp.voice, [])]
+    lines = drascula_lines(sp.language).get(sp.voice, [])
+    return [((np.fromfile(p, dtype=np.uint8).astype(np.float64) - 128.0) / 128.0, DRASCULA_RATE) for p in lines]
+
+
+def render_acted(sp: Speaker, out_dir: Path, rng: np.random.Generator,
                  seconds: tuple[float, float] = (3.0, 6.0)) -> tuple[int, float]:
-    """Every line of one character of the game, as utterances: runs of consecutive lines, each trimmed of silence,
-    0.2-0.6 s apart, until the utterance is 3-6 s long (the last run may be shorter, if at least 1 s), each
-    resampled by a factor within +-6 %. Returns (count, seconds)."""
+    """Every line of one character of a game (``fotaq``, ``drascula``), as utterances: runs of consecutive lines,
+    each trimmed of silence, 0.2-0.6 s apart, until the utterance is 3-6 s long (the last run may be shorter, if at
+    least 1 s), each resampled by a factor within +-6 %. Returns (count, seconds)."""
     clips = []
-    for data in fotaq_lines(archive).get(sp.voice, []):
-        x, sr = _mp3(data)
+    for x, sr in _acted_lines(sp):
         x = _trim(_resample(x, sr, 1.0), SAMPLE_RATE)
         if len(x) >= SAMPLE_RATE // 5:
             clips.append(x)
     if not clips:
-        raise RuntimeError(f"{sp.name}: no usable lines in {archive or FOTAQ_ARCHIVE}")
+        raise RuntimeError(f"{sp.name}: no usable lines")
     count, total, parts, n = 0, 0.0, [], 0
     target = rng.uniform(*seconds) * SAMPLE_RATE
     for i, x in enumerate(clips):
@@ -354,7 +397,7 @@ def render_speaker(sp: Speaker, out_dir: Path, n_utts: int, seed: int) -> tuple[
     if sp.engine == "klettres":
         out_dir.mkdir(parents=True, exist_ok=True)
         return render_recorded(sp, out_dir, n_utts, rng)
-    if sp.engine == "fotaq":  # every line of the character: n_utts does not apply
+    if sp.engine in ("fotaq", "drascula"):  # every line of the character: n_utts does not apply
         out_dir.mkdir(parents=True, exist_ok=True)
         return render_acted(sp, out_dir, rng)
     texts = [sentence(rng, sp.language) for _ in range(2 * n_utts)]
@@ -381,7 +424,8 @@ def _versions() -> dict[str, str]:
                       ("espeak-ng", ["espeak-ng", "--version"]),
                       ("klettres-data", ["dpkg-query", "-W", "-f", "${Version}", "klettres-data"]),
                       ("flight-of-the-amazon-queen",
-                       ["dpkg-query", "-W", "-f", "${Version}", "flight-of-the-amazon-queen"])):
+                       ["dpkg-query", "-W", "-f", "${Version}", "flight-of-the-amazon-queen"]),
+                      ("drascula", ["dpkg-query", "-W", "-f", "${Version}", "drascula", "drascula-spanish"])):
         try:
             out[name] = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
         except (OSError, subprocess.SubprocessError):
@@ -396,7 +440,8 @@ def build_library(out: str | Path, n_utts: int = 24, n_espeak_utts: int = 12, se
     voices: ``klettres-data``)."""
     out = Path(out)
     todo = []
-    for sp in [*speakers(seed), *(fotaq_speakers() if "fotaq" in engines else [])]:
+    acted = [*(fotaq_speakers() if "fotaq" in engines else []), *(drascula_speakers() if "drascula" in engines else [])]
+    for sp in [*speakers(seed), *acted]:
         if sp.engine not in engines:
             continue
         if not available(sp.engine):
@@ -452,6 +497,7 @@ def add_parser(sub) -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--engines", nargs="+", choices=ENGINES, default=list(SYNTHESISERS),
                    help="klettres: the recorded readers of Debian's klettres-data; fotaq: the acted dialogue of "
-                   "Debian's flight-of-the-amazon-queen; each best as a library of its own")
+                   "Debian's flight-of-the-amazon-queen (train); drascula: that of drascula and drascula-spanish "
+                   "(test: the English cast, val: the Spanish one); each best as a library of its own")
     p.set_defaults(func=lambda a: print(build_library(a.out, a.utterances, a.espeak_utterances, a.seed, a.workers,
                                                       a.engines, progress=True)) or 0)
