@@ -4,9 +4,10 @@ and too used to give.
 
     python benchmarks/separation_paired.py runs/separation_speech_recorded/best.pt \
         runs/separation_speech_sisdr/best.pt runs/separation_speech_wide/best.pt [--gain 0.5 1.5] [--windows 400]
-        [--config training/configs/separation_speech_recorded.yaml]
+        [--config training/configs/separation_speech_recorded.yaml] [--val synthav:seed=2,n=100,kind=speech,voices=...]
 
-Mixtures are drawn from ``--config``'s validation set (its speakers only: never a test set), with its recording
+Mixtures are drawn from ``--config``'s validation set (its speakers only: never a test set; ``--val`` names another
+validation set, e.g. the Drascula Spanish cast's faces, ``voices=data/voices_drascula/val``), with its recording
 conditions and the ``--gain`` range, from ``--seed`` (not the seed training validates with). Every checkpoint
 scores the same mixtures, outputs in the order the model assigns. Prints SI-SDRi on / off per checkpoint and, for
 each later one, its mean improvement over the first (both tracks averaged).
@@ -32,9 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--windows", type=int, default=400)
     p.add_argument("--seed", type=int, default=777)
     p.add_argument("--config", default="training/configs/separation_speech_recorded.yaml")
+    p.add_argument("--val", help="validation data instead of the config's (speakers no run trains on; not a test set)")
     args = p.parse_args(argv)
+    if args.val and "/test" in args.val:
+        p.error("--val must be a validation set, not a test set")
     torch.set_num_threads(1)
-    cfg = load_config(SeparationTrainConfig, args.config, [f"mix.gain=[{args.gain[0]},{args.gain[1]}]"])
+    overrides = [f"mix.gain=[{args.gain[0]},{args.gain[1]}]", *([f"data.val={args.val}"] if args.val else [])]
+    cfg = load_config(SeparationTrainConfig, args.config, overrides)
     clip = clip_spec_for(cfg.model, cfg.window_hop_s, stft=True)
     src = load_sources(cfg.data.val, clip, cfg.data)
     batches = fixed_batches(src, clip, cfg.mix, args.seed, args.windows, aug=cfg.aug)
