@@ -489,7 +489,8 @@ def build_library(out: str | Path, n_utts: int = 24, n_espeak_utts: int = 12, se
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("voices", help="render the speech library for separation training (festival, flite, espeak-ng)")
+    p = sub.add_parser("voices", help="render a speech library for separation training (synthesisers, recorded "
+                       "readers, acted dialogue)")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--utterances", type=int, default=24, help="per Festival / Flite speaker")
