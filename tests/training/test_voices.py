@@ -186,3 +186,47 @@ def test_drascula_casts_are_held_out_by_language(tmp_path, monkeypatch) -> None:
     assert rate == 16000 and 5.0 * 0.94 <= len(x) / rate <= (5.0 + 0.2 + 0.6) * 1.06
     spectrum = np.abs(np.fft.rfft(x[: rate * 2]))
     assert abs(np.argmax(spectrum) * rate / (2 * rate) / 130.0 - 1) < 0.07  # the pitch, within the +-6 % resampling
+
+
+def test_steel_sky_lines_are_unpacked_and_grouped_by_pitch(tmp_path, monkeypatch) -> None:
+    """``--engines bass``: the voice lines (file numbers 50000-59999) of the game's disk, RNC-packed or not, at a
+    plain or a 16-byte-unit offset, in file-number order; other files left out; lines grouped into quarter-octave
+    pitch bands that stand in for speakers, all one person in train."""
+    import struct
+
+    import training.data.voices as voices
+    from tests.training.test_rnc import pack
+
+    sr = 11025
+
+    def line(f0: float) -> bytes:
+        t = np.arange(int(2.0 * sr)) / sr
+        return np.round(128 + 80 * np.sin(2 * np.pi * f0 * t)).astype(np.uint8).tobytes()
+
+    low, high = line(120.0), line(240.0)
+    packed, unpacked = pack([[(high[:1000], (1000, 1000)), (high[2000:], None)]])
+    assert unpacked != high and len(unpacked) == len(high)  # the copy repeats the first 1000 samples: still 240 Hz
+    header = bytes([0x81]) + b"\0" * 21  # bit 7 of the header's flag: packed
+    files = [(50002, header + packed, False), (50001, b"\0" * 22 + low, True), (100, b"\x81" + b"\0" * 40, False)]
+    disk, index = bytearray(), struct.pack("<I", len(files))
+    for number, data, sixteen in files:
+        while sixteen and len(disk) % 16:
+            disk.append(0)
+        offset = (len(disk) >> 4) | 0x800000 if sixteen else len(disk)
+        flags = len(data) | (0x800000 if data[0] & 0x80 == 0 else 0)  # bit 23: not packed
+        index += struct.pack("<H", number) + offset.to_bytes(3, "little") + flags.to_bytes(3, "little")
+        disk += data
+    root = tmp_path / "bass"
+    root.mkdir()
+    (root / "sky.dnr").write_bytes(index)
+    (root / "sky.dsk").write_bytes(bytes(disk))
+    monkeypatch.setattr(voices, "BASS_ROOT", root)
+
+    assert voices.bass_lines() == [low, unpacked]
+    groups = voices.bass_by_pitch()
+    assert {k: len(v) for k, v in groups.items()} == {"bass-f0-119": 1, "bass-f0-238": 1}
+    assert [sp.person for sp in voices.bass_speakers()] == ["bass", "bass"] and split_of("bass") == "train"
+    monkeypatch.setattr(voices, "speakers", lambda seed=0: [])
+    index_csv = build_library(tmp_path / "lib", engines=("bass",), workers=1)
+    rows = {r["name"]: r for r in csv.DictReader(index_csv.open())}
+    assert set(rows) == {"bass-f0-119", "bass-f0-238"} and {r["split"] for r in rows.values()} == {"train"}

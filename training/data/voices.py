@@ -30,6 +30,12 @@ Spanish one, one file per line, named by character. Its English cast is our own 
 speech (``drascula-en``), the Spanish cast our **val** (``drascula-es``); nothing trains on either. A character is
 a speaker, a cast is a person (who voiced whom within a cast is not known; the two casts were recorded apart).
 
+**More acted dialogue** (``--engines bass``: ``python -m training voices --out data/voices_bass --engines bass``):
+Debian's ``beneath-a-steel-sky`` (main; the 1994 CD release, given away by Revolution Software) keeps about 2.2
+hours of voice lines, unsigned 8-bit PCM at 11.025 kHz, most of them RNC-packed, in ``sky.dsk`` (indexed by
+``sky.dnr``). The game does not say who speaks a line, so lines are grouped by their median pitch, in bands a
+quarter of an octave wide, and a band stands in for a speaker. One person, all in ``train``.
+
 Splits are **speaker-disjoint and person-disjoint**: two voices made from the same person's recordings (Flite's
 and Festival's ``kal``, ``slt``) have one ``person`` and always land in the same split. ``test`` and ``val``
 persons are fixed below; espeak-ng speakers are split by a hash of their name. Debian's
@@ -180,7 +186,7 @@ def sentence(rng: np.random.Generator, language: str) -> str:
     return " ".join(words)
 
 
-ENGINES = ("festival", "flite", "espeak", "klettres", "fotaq", "drascula")
+ENGINES = ("festival", "flite", "espeak", "klettres", "fotaq", "drascula", "bass")
 SYNTHESISERS = ("festival", "flite", "espeak")  # what ``voices`` renders by default
 
 
@@ -191,6 +197,8 @@ def available(engine: str) -> bool:
         return FOTAQ_ARCHIVE.is_file()
     if engine == "drascula":
         return any((DRASCULA_ROOT / lang).is_dir() for lang in DRASCULA_LANGS)
+    if engine == "bass":
+        return (BASS_ROOT / "sky.dnr").is_file()
     return shutil.which({"festival": "festival", "flite": "flite", "espeak": "espeak-ng"}[engine]) is not None
 
 
@@ -354,10 +362,90 @@ def drascula_speakers(root: Path | None = None) -> list[Speaker]:
             for who in drascula_lines(lang, root)]
 
 
+BASS_ROOT = Path("/usr/share/scummvm/beneath-a-steel-sky")
+BASS_RATE = 11025  # voice lines are unsigned 8-bit PCM at this rate
+_BASS_SPEECH = range(50000, 60000)  # the file numbers of the voice lines
+_BASS_HEADER = 22  # every file starts with this many bytes of header, never packed
+
+
+def bass_lines(root: Path | None = None) -> list[bytes]:
+    """The voice lines of *Beneath a Steel Sky* (``sky.dnr``: a 32-bit count, then 8-byte entries: file number,
+    24-bit offset into ``sky.dsk`` (bit 23 set: in units of 16 bytes) and 24-bit size and flags; bit 23 of the flags
+    clear and bit 7 of the file's header flag set: the body is RNC-packed, :func:`training.data.rnc.unpack`), as
+    8-bit PCM, in file-number order."""
+    from training.data import rnc
+
+    root = root or BASS_ROOT
+    index, disk = (root / "sky.dnr").read_bytes(), (root / "sky.dsk").read_bytes()
+    (count,) = struct.unpack_from("<I", index)
+    if len(index) < 4 + 8 * count:
+        raise RuntimeError(f"{root / 'sky.dnr'}: {count} entries announced, {(len(index) - 4) // 8} present")
+    lines = []
+    for i in range(count):
+        entry = index[4 + 8 * i : 12 + 8 * i]
+        number = int.from_bytes(entry[:2], "little")
+        if number not in _BASS_SPEECH:
+            continue
+        offset, flags = int.from_bytes(entry[2:5], "little"), int.from_bytes(entry[5:8], "little")
+        if offset & 0x800000:
+            offset = (offset & 0x7FFFFF) << 4
+        data = disk[offset : offset + (flags & 0x3FFFFF)]
+        if len(data) <= _BASS_HEADER:
+            continue
+        packed = not flags >> 23 & 1 and data[0] >> 7 & 1
+        lines.append((number, rnc.unpack(data[_BASS_HEADER:]) if packed else data[_BASS_HEADER:]))
+    return [body for _, body in sorted(lines)]
+
+
+def median_pitch(x: np.ndarray, sr: int) -> float | None:
+    """The median F0 (60-400 Hz) over the clearly periodic 40-ms frames of ``x``; None if fewer than 3 are."""
+    frame, lo, hi = int(0.04 * sr), int(sr / 400), int(sr / 60)
+    found = []
+    for start in range(0, len(x) - frame, frame):
+        seg = x[start : start + frame]
+        if seg.std() < 0.05:
+            continue
+        seg = seg - seg.mean()
+        ac = np.correlate(seg, seg, "full")[frame - 1 :]
+        lag = lo + int(np.argmax(ac[lo:hi]))
+        if ac[lag] > 0.5 * ac[0]:
+            found.append(sr / lag)
+    return float(np.median(found)) if len(found) >= 3 else None
+
+
+_BASS_BY_PITCH: dict[Path, dict[str, list[bytes]]] = {}
+
+
+def bass_by_pitch(root: Path | None = None) -> dict[str, list[bytes]]:
+    """*Beneath a Steel Sky*'s lines grouped by their median pitch, in bands a quarter of an octave wide
+    (``bass-f0-<band's centre in Hz>``): the game does not say who speaks a line, and a band stands in for a speaker
+    (two bands are two voices; one band, voices alike in pitch). Lines without a clear pitch are left out."""
+    root = root or BASS_ROOT
+    if root not in _BASS_BY_PITCH:
+        groups: dict[str, list[bytes]] = {}
+        for body in bass_lines(root):
+            f0 = median_pitch((np.frombuffer(body, np.uint8).astype(np.float64) - 128.0) / 128.0, BASS_RATE)
+            if f0 is not None:
+                band = round(4 * math.log2(f0 / 100.0))
+                groups.setdefault(f"bass-f0-{round(100 * 2 ** (band / 4))}", []).append(body)
+        _BASS_BY_PITCH[root] = groups
+    return _BASS_BY_PITCH[root]
+
+
+def bass_speakers(root: Path | None = None) -> list[Speaker]:
+    """One speaker per pitch band of the game's lines (empty if it is not installed); one person for all."""
+    if not ((root or BASS_ROOT) / "sky.dnr").is_file():
+        return []
+    return [Speaker(name, "bass", "bass", name, "en") for name in sorted(bass_by_pitch(root))]
+
+
 def _acted_lines(sp: Speaker) -> list[tuple[np.ndarray, int]]:
     """One character's lines in order, as (samples, rate)."""
     if sp.engine == "fotaq":
         return [_mp3(data) for data in fotaq_lines().get(sp.voice, [])]
+    if sp.engine == "bass":
+        return [((np.frombuffer(body, np.uint8).astype(np.float64) - 128.0) / 128.0, BASS_RATE)
+                for body in bass_by_pitch().get(sp.voice, [])]
     lines = drascula_lines(sp.language).get(sp.voice, [])
     return [((np.fromfile(p, dtype=np.uint8).astype(np.float64) - 128.0) / 128.0, DRASCULA_RATE) for p in lines]
 
@@ -397,7 +485,7 @@ def render_speaker(sp: Speaker, out_dir: Path, n_utts: int, seed: int) -> tuple[
     if sp.engine == "klettres":
         out_dir.mkdir(parents=True, exist_ok=True)
         return render_recorded(sp, out_dir, n_utts, rng)
-    if sp.engine in ("fotaq", "drascula"):  # every line of the character: n_utts does not apply
+    if sp.engine in ("fotaq", "drascula", "bass"):  # every line of the character: n_utts does not apply
         out_dir.mkdir(parents=True, exist_ok=True)
         return render_acted(sp, out_dir, rng)
     texts = [sentence(rng, sp.language) for _ in range(2 * n_utts)]
@@ -425,7 +513,8 @@ def _versions() -> dict[str, str]:
                       ("klettres-data", ["dpkg-query", "-W", "-f", "${Version}", "klettres-data"]),
                       ("flight-of-the-amazon-queen",
                        ["dpkg-query", "-W", "-f", "${Version}", "flight-of-the-amazon-queen"]),
-                      ("drascula", ["dpkg-query", "-W", "-f", "${Version}", "drascula", "drascula-spanish"])):
+                      ("drascula", ["dpkg-query", "-W", "-f", "${Version}", "drascula", "drascula-spanish"]),
+                      ("beneath-a-steel-sky", ["dpkg-query", "-W", "-f", "${Version}", "beneath-a-steel-sky"])):
         try:
             out[name] = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
         except (OSError, subprocess.SubprocessError):
@@ -440,7 +529,8 @@ def build_library(out: str | Path, n_utts: int = 24, n_espeak_utts: int = 12, se
     voices: ``klettres-data``)."""
     out = Path(out)
     todo = []
-    acted = [*(fotaq_speakers() if "fotaq" in engines else []), *(drascula_speakers() if "drascula" in engines else [])]
+    acted = [*(fotaq_speakers() if "fotaq" in engines else []), *(drascula_speakers() if "drascula" in engines else []),
+             *(bass_speakers() if "bass" in engines else [])]
     for sp in [*speakers(seed), *acted]:
         if sp.engine not in engines:
             continue
@@ -499,6 +589,7 @@ def add_parser(sub) -> None:
     p.add_argument("--engines", nargs="+", choices=ENGINES, default=list(SYNTHESISERS),
                    help="klettres: the recorded readers of Debian's klettres-data; fotaq: the acted dialogue of "
                    "Debian's flight-of-the-amazon-queen (train); drascula: that of drascula and drascula-spanish "
-                   "(test: the English cast, val: the Spanish one); each best as a library of its own")
+                   "(test: the English cast, val: the Spanish one); bass: that of beneath-a-steel-sky (train, "
+                   "speakers by pitch); each best as a library of its own")
     p.set_defaults(func=lambda a: print(build_library(a.out, a.utterances, a.espeak_utterances, a.seed, a.workers,
                                                       a.engines, progress=True)) or 0)
