@@ -21,10 +21,14 @@ log = logging.getLogger(__name__)
 CONFIGS = Path(__file__).resolve().parent / "configs"
 VOICES = "data/voices"  # the speech library (python -m training voices), as the separation configs name it
 RECORDED = "data/voices_recorded"  # the recorded readers (python -m training voices --engines klettres)
+TALKIE = "data/voices_talkie"  # the acted dialogue trained on (python -m training voices --engines fotaq)
+DRASCULA = "data/voices_drascula"  # the acted dialogue held out (python -m training voices --engines drascula)
 EVAL_DATA = {"action": "synthav:seed=1000,n=200", "avsync": "synthav:seed=1000,n=200",
-             # synthetic voices, then faces voiced by the held-out *test* speakers of each library
+             # synthetic voices, then faces voiced by the held-out *test* speakers of each library (acted: the
+             # Drascula English cast, continuous real speech)
              "separation": f"synthav:seed=1000,n=100,kind=speech|voices=synthav:seed=3,n=100,kind=speech,"
-                           f"voices={VOICES}/test|recorded=synthav:seed=3,n=100,kind=speech,voices={RECORDED}/test"}
+                           f"voices={VOICES}/test|recorded=synthav:seed=3,n=100,kind=speech,voices={RECORDED}/test"
+                           f"|acted=synthav:seed=3,n=100,kind=speech,voices={DRASCULA}/test"}
 
 
 def fresh(cache_dir: str) -> list[str]:
@@ -35,7 +39,8 @@ def fresh(cache_dir: str) -> list[str]:
 
 def ensure_voices(out: str | Path = VOICES, **options: Any) -> dict[str, Any]:
     """The speech library at ``out`` (rendered if missing, by ``build_library(out, **options)``: the default one
-    needs festival, festvox-*, flite and espeak-ng, the recorded one klettres-data); returns its summary
+    needs festival, festvox-*, flite and espeak-ng, the recorded one klettres-data, the acted ones
+    flight-of-the-amazon-queen and drascula, drascula-spanish); returns its summary
     (voices.json)."""
     import json
 
@@ -49,13 +54,15 @@ def ensure_voices(out: str | Path = VOICES, **options: Any) -> dict[str, Any]:
 
 
 RECORDED_OPTIONS = {"engines": ("klettres",), "n_utts": 40}  # as `voices --engines klettres --utterances 40`
+TALKIE_OPTIONS = {"engines": ("fotaq",)}  # as `voices --engines fotaq` (flight-of-the-amazon-queen)
+DRASCULA_OPTIONS = {"engines": ("drascula",)}  # as `voices --engines drascula` (drascula, drascula-spanish)
 
 
 # The separation model's stages after the SynthAV ones (separation_audio_only.yaml, then separation_default.yaml),
-# each warm-started from the one before: the synthesised speech library, the recorded readers added, then trained
-# on with the SI-SDR loss and a wider range of levels. The last is shipped.
+# each warm-started from the one before: the synthesised speech library, the recorded readers added, trained on
+# with the SI-SDR loss and a wider range of levels, then with the acted dialogue added. The last is shipped.
 SEPARATION_SPEECH_STAGES = (("speech", "separation_speech.yaml"), ("recorded", "separation_speech_recorded.yaml"),
-                            ("sisdr", "separation_speech_sisdr.yaml"))
+                            ("sisdr", "separation_speech_sisdr.yaml"), ("talkie", "separation_speech_talkie.yaml"))
 
 
 def build_separation(root: Path, cache_dir: str, checkpoint: str | Path | None = None) -> None:
@@ -68,6 +75,8 @@ def build_separation(root: Path, cache_dir: str, checkpoint: str | Path | None =
 
     voices = ensure_voices()
     recorded = ensure_voices(RECORDED, **RECORDED_OPTIONS)
+    talkie = ensure_voices(TALKIE, **TALKIE_OPTIONS)
+    drascula = ensure_voices(DRASCULA, **DRASCULA_OPTIONS)
     last_stage, config = SEPARATION_SPEECH_STAGES[-1]
     cfg = load_config(SeparationTrainConfig, CONFIGS / config, fresh(cache_dir))
     metrics: dict[str, Any] = {}
@@ -103,6 +112,10 @@ def build_separation(root: Path, cache_dir: str, checkpoint: str | Path | None =
                         "splits": voices.get("splits"), "synthesisers": voices.get("versions"),
                         "recorded_splits": recorded.get("splits"),
                         "recorded_source": recorded.get("versions", {}).get("klettres-data"),
+                        "acted": TALKIE, "acted_splits": talkie.get("splits"),
+                        "acted_source": talkie.get("versions", {}).get("flight-of-the-amazon-queen"),
+                        "acted_held_out": DRASCULA, "acted_held_out_splits": drascula.get("splits"),
+                        "acted_held_out_source": drascula.get("versions", {}).get("drascula"),
                         "augmentation": dataclasses.asdict(cfg.aug), "mix": dataclasses.asdict(cfg.mix),
                         "loss": dataclasses.asdict(cfg.loss)},
              "steps": steps,
