@@ -513,7 +513,8 @@ def _versions() -> dict[str, str]:
                       ("klettres-data", ["dpkg-query", "-W", "-f", "${Version}", "klettres-data"]),
                       ("flight-of-the-amazon-queen",
                        ["dpkg-query", "-W", "-f", "${Version}", "flight-of-the-amazon-queen"]),
-                      ("drascula", ["dpkg-query", "-W", "-f", "${Version}", "drascula", "drascula-spanish"]),
+                      ("drascula",
+                       ["dpkg-query", "-W", "-f", "${Package}=${Version} ", "drascula", "drascula-spanish"]),
                       ("beneath-a-steel-sky", ["dpkg-query", "-W", "-f", "${Version}", "beneath-a-steel-sky"])):
         try:
             out[name] = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
