@@ -16,16 +16,17 @@ like the others: real human voices and real microphones, if not real sentences.
 
 **Acted dialogue** (``--engines fotaq``, a library of its own: ``python -m training voices --out data/voices_talkie
 --engines fotaq``): Debian's ``flight-of-the-amazon-queen`` (main) is the talkie release of a 1995 adventure game,
-given away by its authors: about 4 hours of continuous English sentences spoken by its voice actors, MP3 at 11.025
-kHz inside the game's archive (``queen.1c``). A speaker is the hero (``J`` lines) or the character of one dialogue
-file (``P`` lines of dialogue ``NN``); the cut-scene lines, which mix characters, are left out. Which actor voiced
-which character is not known, so every one of them is one ``person`` and all go to ``train``: none of them is in
-our val or test, and none is in the independent evaluation. An utterance is a run of one character's consecutive
-lines, each trimmed of silence, 0.2-0.6 s apart, until it is 3-6 s long, resampled like the others.
+given away by its authors: about 4 hours of continuous English sentences spoken by its voice actors (2.9 of them
+kept, below), MP3 at 11.025 kHz inside the game's archive (``queen.1c``). A speaker is the hero (``J`` lines) or
+the character of one dialogue file (``P`` lines of dialogue ``NN``); the cut-scene lines, which mix characters, are
+left out. Which actor voiced which character is not known, so every one of them is one ``person`` and all go to
+``train``: none of them is in our val or test, and none is in the independent evaluation. An utterance is a run of
+one character's consecutive lines, each trimmed of silence, 0.2-0.6 s apart, until it is 3-6 s long, resampled like
+the others.
 
 **Acted dialogue held out** (``--engines drascula``: ``python -m training voices --out data/voices_drascula --engines
 drascula``): Debian's ``drascula`` and ``drascula-spanish`` (main; a 1996 adventure game given away by Alcachofa
-Soft) hold its voice lines as headerless 8-bit PCM at 11.025 kHz, 48 minutes by the English cast and 25 by the
+Soft) hold its voice lines as headerless 8-bit PCM at 11.025 kHz, 49 minutes by the English cast and 44 by the
 Spanish one, one file per line, named by character. Its English cast is our own **test** of continuous real
 speech (``drascula-en``), the Spanish cast our **val** (``drascula-es``); nothing trains on either. A character is
 a speaker, a cast is a person (who voiced whom within a cast is not known; the two casts were recorded apart).
