@@ -23,6 +23,7 @@ VOICES = "data/voices"  # the speech library (python -m training voices), as the
 RECORDED = "data/voices_recorded"  # the recorded readers (python -m training voices --engines klettres)
 TALKIE = "data/voices_talkie"  # the acted dialogue trained on (python -m training voices --engines fotaq)
 DRASCULA = "data/voices_drascula"  # the acted dialogue held out (python -m training voices --engines drascula)
+BASS = "data/voices_bass"  # more acted dialogue trained on (python -m training voices --engines bass)
 EVAL_DATA = {"action": "synthav:seed=1000,n=200", "avsync": "synthav:seed=1000,n=200",
              # synthetic voices, then faces voiced by the held-out *test* speakers of each library (acted: the
              # Drascula English cast, continuous real speech)
@@ -40,7 +41,7 @@ def fresh(cache_dir: str) -> list[str]:
 def ensure_voices(out: str | Path = VOICES, **options: Any) -> dict[str, Any]:
     """The speech library at ``out`` (rendered if missing, by ``build_library(out, **options)``: the default one
     needs festival, festvox-*, flite and espeak-ng, the recorded one klettres-data, the acted ones
-    flight-of-the-amazon-queen and drascula, drascula-spanish); returns its summary
+    flight-of-the-amazon-queen, beneath-a-steel-sky and drascula, drascula-spanish); returns its summary
     (voices.json)."""
     import json
 
@@ -56,13 +57,16 @@ def ensure_voices(out: str | Path = VOICES, **options: Any) -> dict[str, Any]:
 RECORDED_OPTIONS = {"engines": ("klettres",), "n_utts": 40}  # as `voices --engines klettres --utterances 40`
 TALKIE_OPTIONS = {"engines": ("fotaq",)}  # as `voices --engines fotaq` (flight-of-the-amazon-queen)
 DRASCULA_OPTIONS = {"engines": ("drascula",)}  # as `voices --engines drascula` (drascula, drascula-spanish)
+BASS_OPTIONS = {"engines": ("bass",)}  # as `voices --engines bass` (beneath-a-steel-sky)
 
 
 # The separation model's stages after the SynthAV ones (separation_audio_only.yaml, then separation_default.yaml),
 # each warm-started from the one before: the synthesised speech library, the recorded readers added, trained on
-# with the SI-SDR loss and a wider range of levels, then with the acted dialogue added. The last is shipped.
+# with the SI-SDR loss and a wider range of levels, with one game's acted dialogue added, then on at half the rate
+# with a second game's too, its best step picked on held-out acted speech. The last is shipped.
 SEPARATION_SPEECH_STAGES = (("speech", "separation_speech.yaml"), ("recorded", "separation_speech_recorded.yaml"),
-                            ("sisdr", "separation_speech_sisdr.yaml"), ("talkie", "separation_speech_talkie.yaml"))
+                            ("sisdr", "separation_speech_sisdr.yaml"), ("talkie", "separation_speech_talkie.yaml"),
+                            ("acted2", "separation_speech_acted2.yaml"))
 
 
 def build_separation(root: Path, cache_dir: str, checkpoint: str | Path | None = None) -> None:
@@ -77,6 +81,7 @@ def build_separation(root: Path, cache_dir: str, checkpoint: str | Path | None =
     recorded = ensure_voices(RECORDED, **RECORDED_OPTIONS)
     talkie = ensure_voices(TALKIE, **TALKIE_OPTIONS)
     drascula = ensure_voices(DRASCULA, **DRASCULA_OPTIONS)
+    bass = ensure_voices(BASS, **BASS_OPTIONS)
     last_stage, config = SEPARATION_SPEECH_STAGES[-1]
     cfg = load_config(SeparationTrainConfig, CONFIGS / config, fresh(cache_dir))
     metrics: dict[str, Any] = {}
@@ -116,6 +121,8 @@ def build_separation(root: Path, cache_dir: str, checkpoint: str | Path | None =
                         "acted_source": talkie.get("versions", {}).get("flight-of-the-amazon-queen"),
                         "acted_held_out": DRASCULA, "acted_held_out_splits": drascula.get("splits"),
                         "acted_held_out_source": drascula.get("versions", {}).get("drascula"),
+                        "acted_more": BASS, "acted_more_splits": bass.get("splits"),
+                        "acted_more_source": bass.get("versions", {}).get("beneath-a-steel-sky"),
                         "augmentation": dataclasses.asdict(cfg.aug), "mix": dataclasses.asdict(cfg.mix),
                         "loss": dataclasses.asdict(cfg.loss)},
              "steps": steps,
