@@ -50,6 +50,7 @@ synthesisers' versions (recorded in ``<out>/voices.json``).
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import logging
@@ -288,14 +289,30 @@ def render_recorded(sp: Speaker, out_dir: Path, n_utts: int, rng: np.random.Gene
     return n_utts, total
 
 
+def _stamp(path: Path) -> tuple[int, int]:
+    """What keys a file's cached reading: its modification time and size (a reinstalled package is read again)."""
+    st = path.stat()
+    return st.st_mtime_ns, st.st_size
+
+
+def _u8_pcm(data: bytes) -> np.ndarray:
+    """Unsigned 8-bit PCM as float64 in [-1, 1)."""
+    return (np.frombuffer(data, np.uint8).astype(np.float64) - 128.0) / 128.0
+
+
 def fotaq_lines(archive: Path | None = None) -> dict[str, list[bytes]]:
     """The voice lines of the game's archive by speaker (``fotaq-joe``, ``fotaq-dNN``), each an MP3 file's bytes,
-    in the archive's order (a dialogue's lines in turn).
+    in the archive's order (a dialogue's lines in turn). Read once per process (every speaker's rendering asks).
 
     The archive as Debian ships it (``archive``: :data:`FOTAQ_ARCHIVE`) starts with ``QTBL``, a version (``CEM10``)
     and 6 bytes not read here, then a table of 21-byte entries: the file name (12 bytes, NUL-padded), a bundle number
     (1 byte), the file's offset and size in the archive (big-endian 32-bit)."""
     archive = archive or FOTAQ_ARCHIVE
+    return _fotaq_lines(archive, _stamp(archive))
+
+
+@functools.cache
+def _fotaq_lines(archive: Path, stamp: tuple[int, int]) -> dict[str, list[bytes]]:
     data = archive.read_bytes()
     if data[:4] != b"QTBL":
         raise RuntimeError(f"{archive}: not the game's resource archive (no QTBL header)")
@@ -414,23 +431,24 @@ def median_pitch(x: np.ndarray, sr: int) -> float | None:
     return float(np.median(found)) if len(found) >= 3 else None
 
 
-_BASS_BY_PITCH: dict[Path, dict[str, list[bytes]]] = {}
-
-
 def bass_by_pitch(root: Path | None = None) -> dict[str, list[bytes]]:
     """*Beneath a Steel Sky*'s lines grouped by their median pitch, in bands a quarter of an octave wide
     (``bass-f0-<band's centre in Hz>``): the game does not say who speaks a line, and a band stands in for a speaker
-    (two bands are two voices; one band, voices alike in pitch). Lines without a clear pitch are left out."""
+    (two bands are two voices; one band, voices alike in pitch). Lines without a clear pitch are left out. Unpacked
+    and grouped once per process."""
     root = root or BASS_ROOT
-    if root not in _BASS_BY_PITCH:
-        groups: dict[str, list[bytes]] = {}
-        for body in bass_lines(root):
-            f0 = median_pitch((np.frombuffer(body, np.uint8).astype(np.float64) - 128.0) / 128.0, BASS_RATE)
-            if f0 is not None:
-                band = round(4 * math.log2(f0 / 100.0))
-                groups.setdefault(f"bass-f0-{round(100 * 2 ** (band / 4))}", []).append(body)
-        _BASS_BY_PITCH[root] = groups
-    return _BASS_BY_PITCH[root]
+    return _bass_by_pitch(root, _stamp(root / "sky.dsk"))
+
+
+@functools.cache
+def _bass_by_pitch(root: Path, stamp: tuple[int, int]) -> dict[str, list[bytes]]:
+    groups: dict[str, list[bytes]] = {}
+    for body in bass_lines(root):
+        f0 = median_pitch(_u8_pcm(body), BASS_RATE)
+        if f0 is not None:
+            band = round(4 * math.log2(f0 / 100.0))
+            groups.setdefault(f"bass-f0-{round(100 * 2 ** (band / 4))}", []).append(body)
+    return groups
 
 
 def bass_speakers(root: Path | None = None) -> list[Speaker]:
@@ -440,15 +458,18 @@ def bass_speakers(root: Path | None = None) -> list[Speaker]:
     return [Speaker(name, "bass", "bass", name, "en") for name in sorted(bass_by_pitch(root))]
 
 
+# The games' speakers come from their installed files, so they are listed only when asked for.
+_ACTED_SPEAKERS = {"fotaq": fotaq_speakers, "drascula": drascula_speakers, "bass": bass_speakers}
+
+
 def _acted_lines(sp: Speaker) -> list[tuple[np.ndarray, int]]:
     """One character's lines in order, as (samples, rate)."""
     if sp.engine == "fotaq":
         return [_mp3(data) for data in fotaq_lines().get(sp.voice, [])]
     if sp.engine == "bass":
-        return [((np.frombuffer(body, np.uint8).astype(np.float64) - 128.0) / 128.0, BASS_RATE)
-                for body in bass_by_pitch().get(sp.voice, [])]
+        return [(_u8_pcm(body), BASS_RATE) for body in bass_by_pitch().get(sp.voice, [])]
     lines = drascula_lines(sp.language).get(sp.voice, [])
-    return [((np.fromfile(p, dtype=np.uint8).astype(np.float64) - 128.0) / 128.0, DRASCULA_RATE) for p in lines]
+    return [(_u8_pcm(p.read_bytes()), DRASCULA_RATE) for p in lines]
 
 
 def render_acted(sp: Speaker, out_dir: Path, rng: np.random.Generator,
@@ -507,16 +528,17 @@ def render_speaker(sp: Speaker, out_dir: Path, n_utts: int, seed: int) -> tuple[
     return n_utts, total
 
 
+# Debian packages whose data the libraries read, by the name their version is recorded under (voices.json).
+_DATA_PACKAGES = {"klettres-data": ("klettres-data",), "flight-of-the-amazon-queen": ("flight-of-the-amazon-queen",),
+                  "drascula": ("drascula", "drascula-spanish"), "beneath-a-steel-sky": ("beneath-a-steel-sky",)}
+
+
 def _versions() -> dict[str, str]:
     out = {}
     for name, cmd in (("festival", ["festival", "--version"]), ("flite", ["flite", "--version"]),
                       ("espeak-ng", ["espeak-ng", "--version"]),
-                      ("klettres-data", ["dpkg-query", "-W", "-f", "${Version}", "klettres-data"]),
-                      ("flight-of-the-amazon-queen",
-                       ["dpkg-query", "-W", "-f", "${Version}", "flight-of-the-amazon-queen"]),
-                      ("drascula",
-                       ["dpkg-query", "-W", "-f", "${Package}=${Version} ", "drascula", "drascula-spanish"]),
-                      ("beneath-a-steel-sky", ["dpkg-query", "-W", "-f", "${Version}", "beneath-a-steel-sky"])):
+                      *((name, ["dpkg-query", "-W", "-f", "${Version}" if len(pkgs) == 1 else "${Package}=${Version} ",
+                                *pkgs]) for name, pkgs in _DATA_PACKAGES.items())):
         try:
             out[name] = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
         except (OSError, subprocess.SubprocessError):
@@ -531,8 +553,7 @@ def build_library(out: str | Path, n_utts: int = 24, n_espeak_utts: int = 12, se
     voices: ``klettres-data``)."""
     out = Path(out)
     todo = []
-    acted = [*(fotaq_speakers() if "fotaq" in engines else []), *(drascula_speakers() if "drascula" in engines else []),
-             *(bass_speakers() if "bass" in engines else [])]
+    acted = [sp for engine, listed in _ACTED_SPEAKERS.items() if engine in engines for sp in listed()]
     for sp in [*speakers(seed), *acted]:
         if sp.engine not in engines:
             continue
