@@ -21,9 +21,12 @@ log = logging.getLogger(__name__)
 CONFIGS = Path(__file__).resolve().parent / "configs"
 VOICES = "data/voices"  # the speech library (python -m training voices), as the separation configs name it
 RECORDED = "data/voices_recorded"  # the recorded readers (python -m training voices --engines klettres)
-TALKIE = "data/voices_talkie"  # the acted dialogue trained on (python -m training voices --engines fotaq)
 DRASCULA = "data/voices_drascula"  # the acted dialogue held out (python -m training voices --engines drascula)
-BASS = "data/voices_bass"  # more acted dialogue trained on (python -m training voices --engines bass)
+# The games' acted dialogue, each a library of its own: manifest key -> (library, `voices --engines` engine, the
+# Debian package whose version voices.json records under that name).
+ACTED = {"acted": ("data/voices_talkie", "fotaq", "flight-of-the-amazon-queen"),
+         "acted_held_out": (DRASCULA, "drascula", "drascula"),
+         "acted_more": ("data/voices_bass", "bass", "beneath-a-steel-sky")}
 EVAL_DATA = {"action": "synthav:seed=1000,n=200", "avsync": "synthav:seed=1000,n=200",
              # synthetic voices, then faces voiced by the held-out *test* speakers of each library (acted: the
              # Drascula English cast, continuous real speech)
@@ -55,9 +58,6 @@ def ensure_voices(out: str | Path = VOICES, **options: Any) -> dict[str, Any]:
 
 
 RECORDED_OPTIONS = {"engines": ("klettres",), "n_utts": 40}  # as `voices --engines klettres --utterances 40`
-TALKIE_OPTIONS = {"engines": ("fotaq",)}  # as `voices --engines fotaq` (flight-of-the-amazon-queen)
-DRASCULA_OPTIONS = {"engines": ("drascula",)}  # as `voices --engines drascula` (drascula, drascula-spanish)
-BASS_OPTIONS = {"engines": ("bass",)}  # as `voices --engines bass` (beneath-a-steel-sky)
 
 
 # The separation model's stages after the SynthAV ones (separation_audio_only.yaml, then separation_default.yaml),
@@ -79,9 +79,11 @@ def build_separation(root: Path, cache_dir: str, checkpoint: str | Path | None =
 
     voices = ensure_voices()
     recorded = ensure_voices(RECORDED, **RECORDED_OPTIONS)
-    talkie = ensure_voices(TALKIE, **TALKIE_OPTIONS)
-    drascula = ensure_voices(DRASCULA, **DRASCULA_OPTIONS)
-    bass = ensure_voices(BASS, **BASS_OPTIONS)
+    acted: dict[str, Any] = {}
+    for key, (library, engine, package) in ACTED.items():
+        summary = ensure_voices(library, engines=(engine,))
+        acted |= {key: library, f"{key}_splits": summary.get("splits"),
+                  f"{key}_source": summary.get("versions", {}).get(package)}
     last_stage, config = SEPARATION_SPEECH_STAGES[-1]
     cfg = load_config(SeparationTrainConfig, CONFIGS / config, fresh(cache_dir))
     metrics: dict[str, Any] = {}
@@ -117,12 +119,7 @@ def build_separation(root: Path, cache_dir: str, checkpoint: str | Path | None =
                         "splits": voices.get("splits"), "synthesisers": voices.get("versions"),
                         "recorded_splits": recorded.get("splits"),
                         "recorded_source": recorded.get("versions", {}).get("klettres-data"),
-                        "acted": TALKIE, "acted_splits": talkie.get("splits"),
-                        "acted_source": talkie.get("versions", {}).get("flight-of-the-amazon-queen"),
-                        "acted_held_out": DRASCULA, "acted_held_out_splits": drascula.get("splits"),
-                        "acted_held_out_source": drascula.get("versions", {}).get("drascula"),
-                        "acted_more": BASS, "acted_more_splits": bass.get("splits"),
-                        "acted_more_source": bass.get("versions", {}).get("beneath-a-steel-sky"),
+                        **acted,
                         "augmentation": dataclasses.asdict(cfg.aug), "mix": dataclasses.asdict(cfg.mix),
                         "loss": dataclasses.asdict(cfg.loss)},
              "steps": steps,
