@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     src = load_sources(cfg.data.val, clip, cfg.data)
     batches = fixed_batches(src, clip, cfg.mix, args.seed, args.windows, aug=cfg.aug)
     print(f"{args.windows} mixtures of {cfg.data.val}, gain {args.gain}, conditions {cfg.aug}")
+    mixture_sdr = [si_sdr(mix[:, None].expand_as(refs), refs) for _, mix, refs in batches]  # the same for every model
     scores = {}
     for path in args.checkpoints:
         ck = load_checkpoint(path)
@@ -52,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         model.eval()
         out = []
         with torch.no_grad():
-            for video, mix, refs in batches:
+            for (video, mix, refs), base in zip(batches, mixture_sdr, strict=True):
                 est = torch.stack(model(video, mix), dim=1)
-                out.append(si_sdr(est, refs) - si_sdr(mix[:, None].expand_as(refs), refs))
+                out.append(si_sdr(est, refs) - base)
         scores[path] = torch.cat(out)[: args.windows].numpy()
         print(f"{path}: SI-SDRi on {scores[path][:, 0].mean():.2f} off {scores[path][:, 1].mean():.2f} dB")
     base = scores[args.checkpoints[0]]
