@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import logging
 import math
 import os
@@ -16,12 +14,13 @@ from pathlib import Path
 from typing import IO
 
 import anyio
-import av
 from fastapi import HTTPException
 
 from app.admission import ByteBudget, ModelBudget, Refused, Stopped, work
+from app.decoding import DecodePool, upload_errors
 from app.inference import MicroBatcher
 from app.jobs import JobRunner, JobStore
+from app.malloc import tune_malloc
 from app.settings import Settings
 from model_store.manifest import ClipSpec, Manifest
 from model_store.media import (
@@ -68,6 +67,7 @@ class ServiceState:
     upload_bytes: ByteBudget | None = None  # admission: request bodies held (app.admission.AdmissionMiddleware)
     stopped: dict[str, int] = field(default_factory=dict)  # requests stopped early, by "deadline" / "disconnect"
     decoding: int = 0  # decodes running now (they pick their threads by it)
+    decode_pool: DecodePool | None = None  # worker processes that decode (settings.decode_processes)
     _sweeper: asyncio.Task | None = None
     _job_sweeper: asyncio.Task | None = None
 
@@ -85,8 +85,11 @@ class ServiceState:
         Any failure (missing, tampered or unloadable model) raises, so the process does not start serving.
         """
         s = self.settings
-        _tune_malloc()
+        tune_malloc()
         self.decode_slots = asyncio.Semaphore(s.max_concurrent_decodes)
+        if s.decode_processes:
+            self.decode_pool = DecodePool(s.max_concurrent_decodes)
+            await self.decode_pool.start()
         self.jobs = JobStore(s.results_dir, s.results_ttl_s)
         self._sweeper = asyncio.create_task(self.jobs.run_sweeper(s.results_sweep_s), name="results-sweeper")
         self.job_runner = JobRunner(Path(s.results_dir) / "jobs", s.max_jobs, s.job_workers, s.results_ttl_s)
@@ -123,6 +126,9 @@ class ServiceState:
         for batcher in self.batchers.values():
             await batcher.stop()
         self.batchers.clear()
+        if self.decode_pool is not None:
+            self.decode_pool.shutdown()
+            self.decode_pool = None
         self.models.clear()
 
     def model(self, task: str) -> LoadedModel:
@@ -183,8 +189,11 @@ class ServiceState:
                 threads = self.decode_threads(info)
                 self.decoding += 1
                 try:
-                    decoded = await anyio.to_thread.run_sync(decode_file, path, group[0].clip, limits,
-                                                             w.should_stop if w is not None else None, threads)
+                    if self.decode_pool is not None:
+                        decoded = await self.decode_pool_file(path, group[0].clip, limits, threads)
+                    else:
+                        decoded = await anyio.to_thread.run_sync(decode_file, path, group[0].clip, limits,
+                                                                 w.should_stop if w is not None else None, threads)
                 finally:
                     self.decoding -= 1
             for manifest in group:
@@ -193,6 +202,19 @@ class ServiceState:
             if w is not None:
                 w.progress(0.5 * (i + 1) / len(groups))
         return out
+
+    async def decode_pool_file(self, path: Path, clip: ClipSpec, limits: MediaLimits, threads: int) -> Decoded:
+        """:func:`decode_file` in a worker process of :attr:`decode_pool`, stopped with the current work."""
+        assert self.decode_pool is not None
+        w = work()
+        try:
+            return await self.decode_pool.decode(path, clip, limits, threads,
+                                                 w.should_stop if w is not None else None,
+                                                 w.deadline if w is not None else None)
+        except DecodeStopped as exc:
+            if w is not None:
+                w.should_stop()  # sets the reason if it was the deadline
+            raise Stopped(w.reason if w is not None and w.reason else "decoding was stopped") from exc
 
     def decode_threads(self, info: ProbeInfo) -> int:
         """FFmpeg threads for a decode about to start: the setting, or (0) one for small frames
@@ -231,33 +253,6 @@ def _cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
-
-
-# glibc malloc, tuned for a server whose requests allocate arrays of KBs to hundreds of MBs in worker threads
-MMAP_THRESHOLD = 8 << 20  # blocks above this get their own mapping, returned to the system when freed
-TRIM_THRESHOLD = 32 << 20  # free memory an arena keeps at its top instead of returning it
-ARENA_MAX = 4  # arenas the worker threads share: what the arenas keep is at most ARENA_MAX * TRIM_THRESHOLD
-
-
-def _tune_malloc() -> None:
-    """glibc serves allocations above the mmap threshold with their own mappings, returned to the system when freed;
-    but it raises the threshold to the size of each mapped block freed, so after one request's arrays are freed the
-    next request's land on the heap, where freed memory stays in the process. A fixed threshold keeps the decoded
-    windows and feeds (tens of MBs for a long video) mapped, so RSS falls back after every request (about 100 MB
-    less peak RSS after a few 5-minute videos).
-
-    Memory below it is kept for the next request instead: mapped and trimmed memory is faulted in again page by page
-    on its next use, and with a 1 MiB threshold (and glibc's 128 KiB trim threshold, which a fixed mmap threshold
-    also fixes) the refined heatmaps' temporaries (1-2 MB each, in a worker thread's arena) took twice as long
-    (10-s video: 24 -> 48 ms). A fixed trim threshold and a few shared arenas bound what is kept to
-    ``ARENA_MAX * TRIM_THRESHOLD`` (128 MiB). No-op where there is no glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD (setting it turns the dynamic thresholds off)
-        libc.mallopt(-1, TRIM_THRESHOLD)  # M_TRIM_THRESHOLD
-        libc.mallopt(-8, ARENA_MAX)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
 
 
 def expected_windows(info: ProbeInfo, clip: ClipSpec, limits: MediaLimits) -> int:
@@ -305,26 +300,9 @@ def save_and_probe(upload: IO[bytes], limits: MediaLimits) -> tuple[Path, ProbeI
         raise
 
 
-def _upload_errors(path: Path) -> contextlib.AbstractContextManager:
-    """Media errors without the server's temporary path; unforeseen decoder failures as 422, not 500."""
-
-    @contextlib.contextmanager
-    def scope():
-        try:
-            yield
-        except MediaError as exc:
-            raise MediaError(exc.detail.replace(str(path), "<upload>"), status=exc.status) from exc
-        except (av.FFmpegError, ValueError, ArithmeticError, IndexError, OverflowError) as exc:
-            # FFmpeg and PyAV meeting a file in a way decode() does not foresee: the upload's problem
-            log.warning("decoding an upload failed: %r", exc, exc_info=exc)
-            raise MediaError("the file could not be decoded") from exc
-
-    return scope()
-
-
 def probe_path(path: Path, limits: MediaLimits) -> ProbeInfo:
     """A saved upload's headers, checked against ``limits``."""
-    with _upload_errors(path):
+    with upload_errors(path):
         return probe(path, limits)
 
 
@@ -332,7 +310,7 @@ def decode_file(path: Path, clip: ClipSpec, limits: MediaLimits, stop: Callable[
                 threads: int = 0) -> Decoded:
     """A saved upload decoded at a clip spec's fps, size and rate; ``stop`` can end it early
     (:class:`~app.admission.Stopped`)."""
-    with _upload_errors(path):
+    with upload_errors(path):
         try:
             return decode(path, clip, limits, stop, threads)
         except DecodeStopped as exc:

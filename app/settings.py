@@ -47,6 +47,9 @@ class Settings(BaseSettings):
                                            "costs as much in a batch as alone: benchmarks/serve_batching.py), so that "
                                            "a request alone never waits; windows already queued join a batch anyway")
     max_concurrent_decodes: int = Field(default=2, ge=1)
+    decode_processes: bool = Field(default=True, description="decodes run in MAX_CONCURRENT_DECODES worker "
+                                   "processes (PyAV holds the GIL through much of a decode, so decodes in threads of "
+                                   "the server wait on each other and on the event loop); false: in its threads")
     decode_threads: int = Field(default=0, ge=0, description="FFmpeg video decoder threads per decode; 0: one for "
                                 "frames up to 200x200, else as many as the cores divided among the decodes running "
                                 "when it starts (all of them for a decode that runs alone, one each when as many "

@@ -10,9 +10,10 @@ its ``Retry-After`` says), then the requests still running are waited for. That 
 rounds, each running every client count in turn, so that other load on a shared machine hits all client counts
 alike (their answers are pooled). Per scenario: successful answers per second (``throughput``; ``x1``: the ratio
 to one client's, measured in the same run), p50/p95/max latency of the successes, the share of 503 answers and
-their slowest latency, any other status, the server's peak RSS (``VmHWM`` of the server process, reset
-before each scenario through ``/proc/<pid>/clear_refs``; sampled RSS where that is not allowed), and the CPU the
-server used (``server cores busy``: its CPU seconds over the wall seconds; ``CPU per answer``: over the successes),
+their slowest latency, any other status, the server's peak RSS (``VmHWM`` of the server process and of its decode
+workers, summed; reset before each scenario through ``/proc/<pid>/clear_refs``; sampled RSS where that is not
+allowed), and the CPU the server and its workers used (``server cores busy``: their CPU seconds over the wall
+seconds; ``CPU per answer``: over the successes),
 which says whether more clients found idle cores or the machine, shared with other jobs, had none left; beside it
 the cores the clients themselves used (this process: they share the machine with the server) and the cores busy
 with anything else (``/proc/stat``), so that a throughput limit can be told from a machine that had no core left.
@@ -80,20 +81,46 @@ class Server:
             time.sleep(0.2)
         raise SystemExit(f"the server was not ready in 120 s; see {log_path}")
 
+    def pids(self) -> list[int]:
+        """The server and every process under it (its decode workers and the forkserver that starts them)."""
+        out, todo = [], [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            out.append(pid)
+            for task in Path(f"/proc/{pid}/task").glob("*/children"):
+                try:
+                    todo.extend(int(c) for c in task.read_text().split())
+                except OSError:  # gone meanwhile
+                    pass
+        return out
+
     def status(self, key: str) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-        return 0
+        """``key`` of /proc/PID/status (VmRSS, VmHWM) summed over :meth:`pids`: for the peak, the sum of each
+        process's own peak, which is at least the peak of their sum."""
+        total = 0
+        for pid in self.pids():
+            try:
+                lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+            except OSError:
+                continue
+            total += sum(int(line.split()[1]) * 1024 for line in lines if line.startswith(key + ":"))
+        return total
 
     def cpu_s(self) -> float:
-        """CPU time the server has used so far (all its threads, user + system), in seconds."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU time the server and its processes have used so far (all threads, user + system), in seconds."""
+        total = 0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def reset_peak(self) -> bool:
         try:
-            Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+            for pid in self.pids():
+                Path(f"/proc/{pid}/clear_refs").write_text("5")
             return True
         except OSError:
             return False
