@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     # admission control (app/admission.py): beyond these bounds the answer is an immediate 503 with Retry-After
     max_windows_in_flight: int = Field(default=320, ge=1, description="per model: windows admitted (decoding, "
                                        "queued or in inference); one larger request is admitted when the model is idle")
-    max_requests_in_flight: int = Field(default=2, ge=1, description="per model: requests admitted at once")
+    max_requests_in_flight: int = Field(default=3, ge=1, description="per model: requests admitted at once")
     max_upload_held_mb: float = Field(default=1024.0, gt=0, description="request bodies held at once, in MiB")
     async_threshold_s: float = Field(default=60.0, ge=0, description="POST /v1/separations and /v1/analyze "
                                      "answer 202 with a job for videos longer than this (or asked to: "
