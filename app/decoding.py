@@ -168,6 +168,7 @@ class DecodePool:
         except BaseException:
             self._free.append(slot)
             raise
+
         def give_back(done: Future) -> None:
             stopped = not done.cancelled() and isinstance(done.exception(), DecodeStopped)
             with contextlib.suppress(RuntimeError):  # the loop has closed (the service stopped)
