@@ -189,11 +189,7 @@ class ServiceState:
                 threads = self.decode_threads(info)
                 self.decoding += 1
                 try:
-                    if self.decode_pool is not None:
-                        decoded = await self.decode_pool_file(path, group[0].clip, limits, threads)
-                    else:
-                        decoded = await anyio.to_thread.run_sync(decode_file, path, group[0].clip, limits,
-                                                                 w.should_stop if w is not None else None, threads)
+                    decoded = await self.decode_clip(path, group[0].clip, limits, threads)
                 finally:
                     self.decoding -= 1
             for manifest in group:
@@ -203,14 +199,16 @@ class ServiceState:
                 w.progress(0.5 * (i + 1) / len(groups))
         return out
 
-    async def decode_pool_file(self, path: Path, clip: ClipSpec, limits: MediaLimits, threads: int) -> Decoded:
-        """:func:`decode_file` in a worker process of :attr:`decode_pool`, stopped with the current work."""
-        assert self.decode_pool is not None
+    async def decode_clip(self, path: Path, clip: ClipSpec, limits: MediaLimits, threads: int) -> Decoded:
+        """A saved upload decoded at ``clip``: in a worker process of :attr:`decode_pool`, or in a worker thread
+        (``DECODE_PROCESSES`` off); stopped with the current work (:class:`~app.admission.Stopped`)."""
         w = work()
+        stop = w.should_stop if w is not None else None
         try:
-            return await self.decode_pool.decode(path, clip, limits, threads,
-                                                 w.should_stop if w is not None else None,
-                                                 w.deadline if w is not None else None)
+            if self.decode_pool is not None:
+                return await self.decode_pool.decode(path, clip, limits, threads, stop,
+                                                     w.deadline if w is not None else None)
+            return await anyio.to_thread.run_sync(decode_file, path, clip, limits, stop, threads)
         except DecodeStopped as exc:
             if w is not None:
                 w.should_stop()  # sets the reason if it was the deadline
@@ -309,10 +307,6 @@ def probe_path(path: Path, limits: MediaLimits) -> ProbeInfo:
 def decode_file(path: Path, clip: ClipSpec, limits: MediaLimits, stop: Callable[[], bool] | None = None,
                 threads: int = 0) -> Decoded:
     """A saved upload decoded at a clip spec's fps, size and rate; ``stop`` can end it early
-    (:class:`~app.admission.Stopped`)."""
+    (:class:`~model_store.media.DecodeStopped`)."""
     with upload_errors(path):
-        try:
-            return decode(path, clip, limits, stop, threads)
-        except DecodeStopped as exc:
-            w = work()
-            raise Stopped(w.reason if w is not None and w.reason else "decoding was stopped") from exc
+        return decode(path, clip, limits, stop, threads)

@@ -66,13 +66,13 @@ def shipped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
 def test_analyze_runs_every_analysis_from_one_decode_per_clip_spec(shipped: TestClient, video: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     decodes: list[tuple[float, int, int, int]] = []
-    decode = app.service.ServiceState.decode_pool_file  # the default: decodes in worker processes
+    decode = app.service.ServiceState.decode_clip  # every decode, in a worker process or thread
 
     async def counted(self, path, clip, *args):
         decodes.append((clip.fps, clip.height, clip.width, clip.sample_rate))
         return await decode(self, path, clip, *args)
 
-    monkeypatch.setattr(app.service.ServiceState, "decode_pool_file", counted)
+    monkeypatch.setattr(app.service.ServiceState, "decode_clip", counted)
     r = post(shipped, "/v1/analyze", video, top_k=3)
     assert r.status_code == 200, r.text
     body = r.json()
@@ -80,7 +80,7 @@ def test_analyze_runs_every_analysis_from_one_decode_per_clip_spec(shipped: Test
     distinct = {(c["fps"], c["height"], c["width"], c["sample_rate"]) for c in specs.values()}
     assert len(distinct) == 2 and sorted(decodes) == sorted(distinct)  # action and avsync share one decode
     assert body["duration_s"] == pytest.approx(2.5, abs=0.05) and body["has_audio"] is True
-    monkeypatch.setattr(app.service.ServiceState, "decode_pool_file", decode)
+    monkeypatch.setattr(app.service.ServiceState, "decode_clip", decode)
     # each part is what its own route answers
     alone = post(shipped, "/v1/actions", video, top_k=3).json()
     assert body["actions"]["top_k"] == alone["top_k"] and body["actions"]["segments"] == alone["segments"]
