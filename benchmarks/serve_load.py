@@ -94,28 +94,26 @@ class Server:
                     pass
         return out
 
+    def _read(self, name: str) -> list[str]:
+        """/proc/PID/``name`` of each of :meth:`pids` (those that ended meanwhile left out)."""
+        texts = []
+        for pid in self.pids():
+            try:
+                texts.append(Path(f"/proc/{pid}/{name}").read_text())
+            except OSError:
+                pass
+        return texts
+
     def status(self, key: str) -> int:
         """``key`` of /proc/PID/status (VmRSS, VmHWM) summed over :meth:`pids`: for the peak, the sum of each
         process's own peak, which is at least the peak of their sum."""
-        total = 0
-        for pid in self.pids():
-            try:
-                lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-            except OSError:
-                continue
-            total += sum(int(line.split()[1]) * 1024 for line in lines if line.startswith(key + ":"))
-        return total
+        return sum(int(line.split()[1]) * 1024 for text in self._read("status") for line in text.splitlines()
+                   if line.startswith(key + ":"))
 
     def cpu_s(self) -> float:
         """CPU time the server and its processes have used so far (all threads, user + system), in seconds."""
-        total = 0
-        for pid in self.pids():
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-            except OSError:
-                continue
-            total += int(fields[11]) + int(fields[12])
-        return total / os.sysconf("SC_CLK_TCK")
+        fields = [text.rpartition(")")[2].split() for text in self._read("stat")]
+        return sum(int(f[11]) + int(f[12]) for f in fields) / os.sysconf("SC_CLK_TCK")
 
     def reset_peak(self) -> bool:
         try:
