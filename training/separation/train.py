@@ -358,6 +358,9 @@ def init_unet(model: torch.nn.Module, checkpoint: str) -> dict[str, int]:
 
     - where this model's encoder takes extra (audio-visual) input channels, the old weights fill the first channels
       and the new ones start at zero;
+    - where it takes fewer (an audio-only model from an audio-visual checkpoint: the ablation of a stage's recipe),
+      it keeps the first (audio) channels' weights; it then computes what the checkpoint computed with its
+      audio-visual input at zero, not what it computed;
     - where this U-Net is wider (``widths``; the checkpoint records its own), each old channel keeps its place in
       every part of a layer's input (:meth:`AVUNetSeparator.channel_maps`) and its weights; the new channels keep
       their random initialisation as outputs, and every weight from a new channel into an old one starts at zero,
@@ -368,7 +371,7 @@ def init_unet(model: torch.nn.Module, checkpoint: str) -> dict[str, int]:
     own = model.state_dict()
     old_widths = tuple((ck.get("model_config") or {}).get("widths") or model.cfg.widths)
     maps = model.channel_maps(old_widths) if old_widths != tuple(model.cfg.widths) else {}
-    loaded, widened, wider = 0, 0, 0
+    loaded, widened, narrowed, wider = 0, 0, 0, 0
     for name, value in state.items():
         if name.startswith("backbone.") or name not in own:
             continue
@@ -385,10 +388,14 @@ def init_unet(model: torch.nn.Module, checkpoint: str) -> dict[str, int]:
             wide[:, : value.shape[1]] = value
             own[name] = wide
             widened += 1
+        elif target.ndim == 4 and target.shape[0] == value.shape[0] and target.shape[1] < value.shape[1]:
+            own[name] = value[:, : target.shape[1]].clone()
+            narrowed += 1
     model.load_state_dict(own)
-    log.info("init_unet: %d tensors copied, %d widened with zeros for the audio-visual channels, %d into a wider "
-             "U-Net (%s -> %s), from %s", loaded, widened, wider, old_widths, tuple(model.cfg.widths), checkpoint)
-    return {"loaded": loaded, "widened": widened, "wider": wider}
+    log.info("init_unet: %d tensors copied, %d widened with zeros for the audio-visual channels, %d narrowed to the "
+             "audio channels, %d into a wider U-Net (%s -> %s), from %s", loaded, widened, narrowed, wider, old_widths,
+             tuple(model.cfg.widths), checkpoint)
+    return {"loaded": loaded, "widened": widened, "narrowed": narrowed, "wider": wider}
 
 
 def _widen(target: torch.Tensor, value: torch.Tensor, out_idx: list[int], in_idx: list[int] | None,

@@ -201,6 +201,38 @@ def test_a_wider_unet_warm_started_from_a_narrower_one_computes_the_same(tmp_pat
         old.channel_maps(new.cfg.widths)
 
 
+def test_an_audio_only_unet_warm_started_from_an_audio_visual_one_keeps_its_audio_weights(tmp_path) -> None:
+    """init_unet into an audio-only model (the PIT ablation of a stage) from an audio-visual checkpoint: every U-Net
+    tensor is the checkpoint's, the encoder's first layer without its audio-visual input channels; with those
+    channels' weights at zero in the checkpoint, both compute the same masks."""
+    from training.separation.train import init_unet
+
+    torch.manual_seed(4)
+    old = create_model("separation_tiny_assign")
+    with torch.no_grad():
+        for p in old.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    new = create_model("separation_tiny_audio_only")
+    own = new.state_dict()
+    sliced = [k for k, v in old.state_dict().items()
+              if k in own and v.ndim == 4 and v.shape[0] == own[k].shape[0] and v.shape[1] > own[k].shape[1]]
+    assert sliced
+    with torch.no_grad():
+        for name in sliced:
+            old.state_dict()[name][:, own[name].shape[1] :] = 0.0  # its audio-visual input weights off
+    save_checkpoint(tmp_path / "old.pt", {"model_config": dataclasses.asdict(old.cfg), "state_dict": old.state_dict()})
+    info = init_unet(new, str(tmp_path / "old.pt"))
+    assert info["narrowed"] == len(sliced) and info["widened"] == 0 and info["wider"] == 0
+    old_state = old.state_dict()
+    for name, value in new.state_dict().items():
+        assert torch.equal(value, old_state[name][:, : value.shape[1]] if name in sliced else old_state[name]), name
+    old.eval(), new.eval()
+    video, audio = _inputs(old, batch=2, seed=5)
+    with torch.no_grad():
+        masks_old, masks_new = old.forward_masks(video, audio)[0], new.forward_masks(video, audio)[0]
+    assert (masks_old - masks_new).abs().max() < 1e-5
+
+
 @pytest.fixture(scope="module", params=["separation_tiny", "separation_tiny_assign"])
 def exported(request, tmp_path_factory) -> tuple[ModelStore, torch.nn.Module]:
     """A tiny model with random weights (BN statistics nudged), exported and published to a temp store; the
