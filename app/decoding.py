@@ -30,7 +30,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import NamedTuple
 
 import av
 
@@ -42,14 +41,6 @@ log = logging.getLogger(__name__)
 
 SLOTS = 64  # stop flags: more than the decodes that can be submitted or still stopping at once
 POLL_S = 0.05  # how often a waiting request checks whether its decode should stop (job cancelled)
-
-
-class DecodeThreads(NamedTuple):
-    """How one decode uses threads (``ServiceState.decode_threads`` picks them): the video decoder's count, and
-    whether the audio is decoded and resampled in a thread of its own (``media.decode``'s ``audio_thread``)."""
-
-    video: int
-    audio_apart: bool = False
 
 
 @contextlib.contextmanager
@@ -96,7 +87,7 @@ def _exit_with(server_pid: int) -> None:
     os._exit(0)
 
 
-def _decode_in_worker(slot: int, path: Path, clip: ClipSpec, limits: MediaLimits, threads: DecodeThreads,
+def _decode_in_worker(slot: int, path: Path, clip: ClipSpec, limits: MediaLimits, threads: int,
                       deadline: float | None) -> Decoded:
     """Runs in a worker: :func:`decode`, stopped by the slot's flag or the deadline (``time.monotonic`` is one
     clock for every process of the machine)."""
@@ -107,7 +98,7 @@ def _decode_in_worker(slot: int, path: Path, clip: ClipSpec, limits: MediaLimits
         return flags[slot] != 0 or (deadline is not None and time.monotonic() > deadline)
 
     with upload_errors(path):
-        return decode(path, clip, limits, stop, threads.video, threads.audio_apart)
+        return decode(path, clip, limits, stop, threads)
 
 
 # ------------------------------------------------------------------------------------------- in the server
@@ -146,7 +137,7 @@ class DecodePool:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    async def decode(self, path: Path, clip: ClipSpec, limits: MediaLimits, threads: DecodeThreads,
+    async def decode(self, path: Path, clip: ClipSpec, limits: MediaLimits, threads: int,
                      should_stop: Callable[[], bool] | None = None, deadline: float | None = None) -> Decoded:
         """``path`` decoded at ``clip`` in a worker. Raises :class:`MediaError` (the file's problem, 422 by
         default) or :class:`~model_store.media.DecodeStopped` (``should_stop`` said so, the deadline passed, or the
@@ -167,8 +158,8 @@ class DecodePool:
         self._free.append(slot)
         self.stopped += stopped
 
-    async def _run(self, pool: ProcessPoolExecutor, path: Path, clip: ClipSpec, limits: MediaLimits,
-                   threads: DecodeThreads, should_stop: Callable[[], bool] | None, deadline: float | None) -> Decoded:
+    async def _run(self, pool: ProcessPoolExecutor, path: Path, clip: ClipSpec, limits: MediaLimits, threads: int,
+                   should_stop: Callable[[], bool] | None, deadline: float | None) -> Decoded:
         slot = self._free.pop()
         self._flags[slot] = 0
         loop = asyncio.get_running_loop()

@@ -17,7 +17,7 @@ import anyio
 from fastapi import HTTPException
 
 from app.admission import ByteBudget, ModelBudget, Refused, Stopped, work
-from app.decoding import DecodePool, DecodeThreads, upload_errors
+from app.decoding import DecodePool, upload_errors
 from app.inference import MicroBatcher
 from app.jobs import JobRunner, JobStore
 from app.malloc import tune_malloc
@@ -199,8 +199,7 @@ class ServiceState:
                 w.progress(0.5 * (i + 1) / len(groups))
         return out
 
-    async def decode_clip(self, path: Path, clip: ClipSpec, limits: MediaLimits, threads: DecodeThreads
-                          ) -> Decoded:
+    async def decode_clip(self, path: Path, clip: ClipSpec, limits: MediaLimits, threads: int) -> Decoded:
         """A saved upload decoded at ``clip``: in a worker process of :attr:`decode_pool`, or in a worker thread
         (``DECODE_PROCESSES`` off); stopped with the current work (:class:`~app.admission.Stopped`)."""
         w = work()
@@ -215,9 +214,16 @@ class ServiceState:
                 w.should_stop()  # sets the reason if it was the deadline
             raise Stopped(w.reason if w is not None and w.reason else "decoding was stopped") from exc
 
-    def decode_threads(self, info: ProbeInfo) -> DecodeThreads:
-        """Threads for a decode about to start beside those running now (:func:`decode_threads`)."""
-        return decode_threads(self.settings, info, self.decoding)
+    def decode_threads(self, info: ProbeInfo) -> int:
+        """FFmpeg threads for a decode about to start: the setting, or (0) one for small frames
+        (:func:`~model_store.media.video_threads`), else the cores shared among the decodes then running, this one
+        included. Frame threads cost CPU (a 10-s 360p clip: about 20 % more than one thread), so they pay only when
+        cores would be idle; under load, decodes running side by side fill the cores better."""
+        if self.settings.decode_threads > 0:
+            return self.settings.decode_threads
+        if video_threads(info.width, info.height) == 1:
+            return 1
+        return max(1, _cores() // (self.decoding + 1))
 
     async def decode_saved(self, path: Path, manifest: Manifest, info: ProbeInfo | None = None) -> Windows:
         """One model's windows of a saved upload (:meth:`decode_many`)."""
@@ -237,20 +243,6 @@ def batch_timeout_s(settings: Settings, model: LoadedModel) -> float:
     if settings.batch_timeout_ms is not None:
         return settings.batch_timeout_ms / 1000.0
     return 0.0 if model.providers[0] == "CPUExecutionProvider" else 0.005
-
-
-def decode_threads(settings: Settings, info: ProbeInfo, running: int) -> DecodeThreads:
-    """Threads for a decode about to start beside ``running`` others. The video decoder's: the setting, or (0) one
-    for small frames (:func:`~model_store.media.video_threads`), else the cores shared among the decodes then
-    running, this one included. Frame threads cost CPU (a 10-s 360p clip: about 20 % more than one thread), so they
-    pay only when cores would be idle; under load, decodes running side by side fill the cores better. With the
-    setting at 0, a decode of small frames with a core to spare beside the running ones decodes its audio in a
-    thread of its own there (a 10-s 128x128 clip: 19.0 instead of 22.3 ms, for about 10 % more CPU)."""
-    if settings.decode_threads > 0:
-        return DecodeThreads(settings.decode_threads)
-    if video_threads(info.width, info.height) == 1:
-        return DecodeThreads(1, audio_apart=_cores() - running >= 2)
-    return DecodeThreads(max(1, _cores() // (running + 1)))
 
 
 def _cores() -> int:
@@ -312,9 +304,9 @@ def probe_path(path: Path, limits: MediaLimits) -> ProbeInfo:
         return probe(path, limits)
 
 
-def decode_file(path: Path, clip: ClipSpec, limits: MediaLimits, stop: Callable[[], bool] | None,
-                threads: DecodeThreads) -> Decoded:
+def decode_file(path: Path, clip: ClipSpec, limits: MediaLimits, stop: Callable[[], bool] | None = None,
+                threads: int = 0) -> Decoded:
     """A saved upload decoded at a clip spec's fps, size and rate; ``stop`` can end it early
     (:class:`~model_store.media.DecodeStopped`)."""
     with upload_errors(path):
-        return decode(path, clip, limits, stop, threads.video, threads.audio_apart)
+        return decode(path, clip, limits, stop, threads)

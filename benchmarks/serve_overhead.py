@@ -39,10 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode_speed import parse_size, write_report, write_video  # noqa: E402
 from serve_load import Server  # noqa: E402
 
-from app.decoding import DecodeThreads  # noqa: E402
-from app.service import decode_threads  # noqa: E402
+from app.service import _cores  # noqa: E402
 from app.settings import Settings  # noqa: E402
-from model_store.media import Decoded, cut_windows, decode, load_windows, probe  # noqa: E402
+from model_store.media import Decoded, cut_windows, decode, load_windows  # noqa: E402
 from model_store.pipelines.action import action_feeds, read_actions  # noqa: E402
 from model_store.pipelines.avsync import avsync_feeds, source_heatmaps, sync_score  # noqa: E402
 from model_store.pipelines.separation import separated_tracks, separation_feeds  # noqa: E402
@@ -67,8 +66,8 @@ class InProcess:
                              warmup, settings.intra_op_spinning)
             for task in ("action", "avsync", "separation")}
         self.batch = settings.max_batch
-        self.settings = settings
-        self._threads: dict[Path, DecodeThreads] = {}
+        # a decode that runs alone in the service gets the setting, or (0) every core
+        self.threads = settings.decode_threads or _cores()
 
     def _run(self, task: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         model = self.models[task]
@@ -76,16 +75,8 @@ class InProcess:
         parts = [model.run({k: v[i:i + self.batch] for k, v in feeds.items()}) for i in range(0, n, self.batch)]
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
-    def threads(self, path: Path) -> DecodeThreads:
-        """The threads the service gives a decode of ``path`` that runs alone (probed once, outside the timings)."""
-        if path not in self._threads:
-            self._threads[path] = decode_threads(self.settings, probe(path), running=0)
-        return self._threads[path]
-
     def _windows(self, path: Path, task: str):
-        threads = self.threads(path)
-        return load_windows(path, self.models[task].manifest.clip, threads=threads.video,
-                            audio_thread=threads.audio_apart)
+        return load_windows(path, self.models[task].manifest.clip, threads=self.threads)
 
     def action(self, path: Path, windows=None):
         clip = self.models["action"].manifest.clip
@@ -114,8 +105,7 @@ class InProcess:
             c = self.models[task].manifest.clip
             key = (c.fps, c.height, c.width, c.sample_rate)  # decoded once per distinct spec, as the service does
             if key not in decoded:
-                threads = self.threads(path)
-                decoded[key] = decode(path, c, threads=threads.video, audio_thread=threads.audio_apart)
+                decoded[key] = decode(path, c, threads=self.threads)
             answers.append(fn(path, cut_windows(decoded[key], c)))
         return answers
 
@@ -191,11 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"route": route, "path": ROUTES[route], "service_s": service_s, "in_process_s": local_s,
                      "ratio": ratio, "answer_bytes": sizes.get(route), "rounds_s": ts})
         log.info("%s: service %.1f ms, in-process %.1f ms, ratio %.3f", route, service_s * 1e3, local_s * 1e3, ratio)
-    threads = local.threads(path)
     result = {"video": {"path": str(args.video) if args.video else None, "size": args.size,
                         "seconds": args.seconds, "bytes": len(body)},
-              "rounds": args.rounds, "env": env, "decode_threads": threads.video,
-              "audio_thread": threads.audio_apart, "rows": rows,
+              "rounds": args.rounds, "env": env, "decode_threads": local.threads, "rows": rows,
               "cpu_count": os.cpu_count(), "platform": platform.platform()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -207,8 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n".join(lines) + "\n"
     what = str(args.video) if args.video else f"{args.size}, {args.seconds:g} s"
     write_report(args.out, "serve_overhead.py", argv,
-                 f"Video {what} ({len(body)} bytes), {args.rounds} rounds, decode threads {threads.video}"
-                 f"{', audio in a thread of its own' if threads.audio_apart else ''}.\n\n{table}")
+                 f"Video {what} ({len(body)} bytes), {args.rounds} rounds, decode threads {local.threads}.\n\n{table}")
     print(table)
     return 0
 

@@ -42,20 +42,15 @@ def test_settings_defaults_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_decode_threads_share_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     """0 (the default): a decode alone gets every core, decodes side by side one each, small frames one thread
-    always, and their audio a thread of its own while a core is spare; a setting is taken as is."""
+    always; a setting is taken as is."""
     monkeypatch.setattr(service_module, "_cores", lambda: 4)
     hd = ProbeInfo(10.0, 1280, 720, 25.0, "h264", True, "aac", 44100, 2)
     small = ProbeInfo(10.0, 128, 128, 24.0, "h264", True, "aac", 44100, 2)
     state = ServiceState(Settings(decode_threads=0))
-    assert [state.decode_threads(hd) for state.decoding in (0, 1, 2, 3, 7)] == [(4, False), (2, False), (1, False),
-                                                                               (1, False), (1, False)]
-    assert [state.decode_threads(small) for state.decoding in (0, 1, 2, 3)] == [(1, True), (1, True), (1, True),
-                                                                              (1, False)]
-    monkeypatch.setattr(service_module, "_cores", lambda: 1)
-    state.decoding = 0
-    assert state.decode_threads(small) == (1, False)  # no core to spare
+    assert [state.decode_threads(hd) for state.decoding in (0, 1, 2, 3, 7)] == [4, 2, 1, 1, 1]
+    assert [state.decode_threads(small) for state.decoding in (0, 1)] == [1, 1]
     state = ServiceState(Settings(decode_threads=3))
-    assert [state.decode_threads(info) for state.decoding in (0, 5) for info in (hd, small)] == [(3, False)] * 4
+    assert [state.decode_threads(info) for state.decoding in (0, 5) for info in (hd, small)] == [3, 3, 3, 3]
     assert Settings().intra_op_spinning is False and Settings().decode_threads == 0
 
 

@@ -18,13 +18,12 @@ import pytest
 from media_files import write_video
 from test_server import REPO
 
-from app.decoding import DecodePool, DecodeThreads, upload_errors
+from app.decoding import DecodePool, upload_errors
 from model_store.manifest import ClipSpec
 from model_store.media import DecodeStopped, MediaError, MediaLimits, decode
 
 CLIP = ClipSpec(fps=8, frames=8, height=32, width=32, sample_rate=16000, audio_samples=16000)
 LIMITS = MediaLimits()
-ONE = DecodeThreads(1)
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +60,7 @@ def test_a_pooled_decode_is_the_in_process_decode(short: Path) -> None:
     async def go():
         pool = DecodePool(2)
         try:
-            return await asyncio.gather(*(pool.decode(short, CLIP, LIMITS, DecodeThreads(1, audio_apart=apart))
-                                          for apart in (False, True, False)))
+            return await asyncio.gather(*(pool.decode(short, CLIP, LIMITS, 1) for _ in range(3)))
         finally:
             pool.shutdown()
 
@@ -80,7 +78,7 @@ def test_errors_cross_with_their_status_and_without_the_path(tmp_path: Path) -> 
         pool = DecodePool(1)
         try:
             with pytest.raises(MediaError) as info:
-                await pool.decode(path, CLIP, LIMITS, ONE)
+                await pool.decode(path, CLIP, LIMITS, 1)
             return info.value
         finally:
             pool.shutdown()
@@ -99,14 +97,14 @@ def test_cancelling_the_request_stops_its_decode(short: Path, long: Path) -> Non
     async def go() -> DecodePool:
         pool = DecodePool(1)
         try:
-            await pool.decode(short, CLIP, LIMITS, ONE)  # the worker is up
-            task = asyncio.create_task(pool.decode(long, CLIP, LIMITS, ONE))
+            await pool.decode(short, CLIP, LIMITS, 1)  # the worker is up
+            task = asyncio.create_task(pool.decode(long, CLIP, LIMITS, 1))
             await asyncio.sleep(0.1)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
             # the only worker takes the next decode once the cancelled one has stopped at its next packet
-            after = await pool.decode(short, CLIP, LIMITS, ONE)
+            after = await pool.decode(short, CLIP, LIMITS, 1)
             assert after.frames.shape[0] == 16
             return pool
         finally:
@@ -121,7 +119,7 @@ def test_a_decode_past_its_deadline_stops(long: Path) -> None:
         pool = DecodePool(1)
         try:
             with pytest.raises(DecodeStopped):
-                await pool.decode(long, CLIP, LIMITS, ONE, deadline=time.monotonic() + 0.1)
+                await pool.decode(long, CLIP, LIMITS, 1, deadline=time.monotonic() + 0.1)
         finally:
             pool.shutdown()
 
@@ -134,7 +132,7 @@ def test_a_decode_stops_when_its_work_says_so(long: Path) -> None:
         t0 = time.monotonic()
         try:
             with pytest.raises(DecodeStopped):
-                await pool.decode(long, CLIP, LIMITS, ONE, should_stop=lambda: time.monotonic() - t0 > 0.1)
+                await pool.decode(long, CLIP, LIMITS, 1, should_stop=lambda: time.monotonic() - t0 > 0.1)
         finally:
             pool.shutdown()
 
@@ -145,9 +143,9 @@ def test_a_dead_worker_is_replaced_and_the_decode_tried_again(short: Path, long:
     async def go():
         pool = DecodePool(1)
         try:
-            await pool.decode(short, CLIP, LIMITS, ONE)  # the worker is up
+            await pool.decode(short, CLIP, LIMITS, 1)  # the worker is up
             (pid,) = pool.worker_pids()
-            task = asyncio.create_task(pool.decode(long, CLIP, LIMITS, ONE))
+            task = asyncio.create_task(pool.decode(long, CLIP, LIMITS, 1))
             await asyncio.sleep(0.1)
             os.kill(pid, signal.SIGKILL)  # as a decoder crash would end it
             decoded = await task
