@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import io
 import math
-import queue
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -264,16 +262,14 @@ class _Damage:
 
     def __init__(self) -> None:
         self.count = 0
-        self._lock = threading.Lock()  # the audio thread (:class:`_AudioThread`) counts into the same budget
 
     def decode(self, packet: av.Packet) -> list:
         try:
             return packet.decode()
         except av.InvalidDataError:
-            with self._lock:
-                self.count += 1
-                if self.count > self.LIMIT:
-                    raise
+            self.count += 1
+            if self.count > self.LIMIT:
+                raise
             return []
 
 
@@ -363,73 +359,6 @@ class _MonoTrack:
             self._pull()
             self._graph, self._key = None, None
         return self.chunks
-
-
-class _AudioThread:
-    """The audio stream's packets decoded and resampled (:class:`_MonoTrack`) in a thread of their own, in packet
-    order, while the caller demuxes and decodes the video (``decode(..., audio_thread=True)``). PyAV decodes and
-    scales without the GIL, so the two overlap where a core is free; the samples are the same as decoding in line
-    (the same packets, in the same order, through the same graph).
-
-    What it is for: small frames, whose video decoder runs on one thread (:func:`video_threads`), on a machine with
-    a core to spare. A 10-s 128x128 clip with 44.1 kHz AAC decoded at the avsync spec on 2 idle cores: 19.0 ms
-    against 22.3 ms in line (the bare decode 17.4 ms), for 24.6 ms of CPU instead of 22.3. At 640x360 the video's
-    frame threads already fill the cores and it gains nothing. Packets are handed over in batches: one at a time,
-    the thread and the caller took turns at the GIL for every packet (25.3 ms, 33 ms of CPU).
-
-    An error in the thread is raised in the caller at its next hand-over or at :meth:`finish`; :meth:`close` ends
-    the thread whatever happened."""
-
-    BATCH = 32  # packets handed over at once
-    QUEUE = 4  # batches in flight: a slow thread holds the demuxer back, not memory
-
-    def __init__(self, mono: _MonoTrack, damage: _Damage) -> None:
-        self.mono, self._damage = mono, damage
-        self.t0: float | None = None
-        self._queue: queue.Queue[list[av.Packet] | None] = queue.Queue(self.QUEUE)
-        self._batch: list[av.Packet] = []
-        self._error: BaseException | None = None
-        self._abandoned = False
-        self._thread = threading.Thread(target=self._run, name="audio-decode", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (batch := self._queue.get()) is not None:
-            if self._error is not None or self._abandoned:
-                continue  # drained, so that a caller blocked in put() goes on to see the error
-            try:
-                for packet in batch:
-                    for frame in self._damage.decode(packet):
-                        if self.t0 is None:
-                            self.t0 = float(frame.time) if frame.time is not None else 0.0
-                        self.mono.push(frame)
-            except BaseException as exc:  # noqa: BLE001 -- raised again in the caller
-                self._error = exc
-
-    def _raise(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-    def put(self, packet: av.Packet) -> None:
-        self._batch.append(packet)
-        if len(self._batch) >= self.BATCH:
-            self._raise()
-            self._queue.put(self._batch)
-            self._batch = []
-
-    def finish(self) -> list[np.ndarray]:
-        if self._batch:
-            self._queue.put(self._batch)
-        self._queue.put(None)
-        self._thread.join()
-        self._raise()
-        return self.mono.finish()
-
-    def close(self) -> None:
-        if self._thread.is_alive():
-            self._abandoned = True
-            self._queue.put(None)
-            self._thread.join()
 
 
 def _rgb_converter(spec: ClipSpec) -> Callable[[av.VideoFrame], np.ndarray]:
@@ -540,24 +469,23 @@ class _FrameSkipper:
 
 
 def decode(source: Source, spec: ClipSpec, limits: MediaLimits = MediaLimits(),
-           stop: Callable[[], bool] | None = None, threads: int = 0, audio_thread: bool = False) -> Decoded:
+           stop: Callable[[], bool] | None = None, threads: int = 0) -> Decoded:
     """Probe, then decode the whole file at the spec's fps, size and sample rate.
 
     ``stop`` is polled once per packet; when it returns True, :class:`DecodeStopped` is raised (a service stops a
     request whose client went away or whose deadline passed). ``threads``: the video decoder's threads (0: one for
-    small frames, else FFmpeg's choice: :func:`video_threads`); ``audio_thread``: decode and resample the audio in
-    a thread of its own (:class:`_AudioThread`; the same result). Frames that no target needs are skipped where the
+    small frames, else FFmpeg's choice: :func:`video_threads`). Frames that no target needs are skipped where the
     codec allows (:class:`_FrameSkipper`); the result is what decoding every frame gives. Packets the decoder
     refuses are left out, a few of them (:class:`_Damage`).
     """
     try:
-        return _decode(source, spec, limits, stop, threads, skip=True, audio_thread=audio_thread)
+        return _decode(source, spec, limits, stop, threads, skip=True)
     except _SkipMismatch:
-        return _decode(source, spec, limits, stop, threads, skip=False, audio_thread=audio_thread)
+        return _decode(source, spec, limits, stop, threads, skip=False)
 
 
 def _decode(source: Source, spec: ClipSpec, limits: MediaLimits, stop: Callable[[], bool] | None, threads: int,
-            skip: bool, audio_thread: bool = False) -> Decoded:
+            skip: bool) -> Decoded:
     with open_media(source) as container:
         info = _probe_open(container, limits)
         vstream = video_stream(container)
@@ -591,7 +519,6 @@ def _decode(source: Source, spec: ClipSpec, limits: MediaLimits, stop: Callable[
             skipper.check(first * step, (len(frames) - 1) * step)
 
         vtb = float(vstream.time_base) if vstream.time_base else None
-        audio_worker = _AudioThread(mono, damage) if audio_thread and astream is not None else None
         try:
             for packet in container.demux(*streams):
                 if stop is not None and stop():
@@ -610,25 +537,17 @@ def _decode(source: Source, spec: ClipSpec, limits: MediaLimits, stop: Callable[
                         emit_until(rel)
                         prev, prev_rgb = frame, None
                         last_video_t = rel
-                elif audio_worker is not None:
-                    audio_worker.put(packet)
                 else:
                     for frame in damage.decode(packet):
                         if t0_audio is None:
                             t0_audio = float(frame.time) if frame.time is not None else 0.0
                         mono.push(frame)
-            if audio_worker is not None:
-                audio_chunks, t0_audio = audio_worker.finish(), audio_worker.t0
-            else:
-                audio_chunks = mono.finish()
+            audio_chunks = mono.finish()
         except _ReferenceRefused as exc:
             raise MediaError("not a video: the file refers to other files or URLs; upload the video itself",
                              status=415) from exc
         except av.FFmpegError as exc:
             raise MediaError(f"the file could not be decoded ({_ffmpeg_reason(exc)})") from exc
-        finally:
-            if audio_worker is not None:
-                audio_worker.close()
 
         if prev is None:
             raise MediaError("the video stream holds no decodable frame")
@@ -728,9 +647,9 @@ def cut_windows(decoded: Decoded, spec: ClipSpec) -> Windows:
 
 
 def load_windows(source: Source, spec: ClipSpec, limits: MediaLimits = MediaLimits(),
-                 stop: Callable[[], bool] | None = None, threads: int = 0, audio_thread: bool = False) -> Windows:
+                 stop: Callable[[], bool] | None = None, threads: int = 0) -> Windows:
     """:func:`decode`, then :func:`cut_windows`: the sliding windows of the whole video."""
-    return cut_windows(decode(source, spec, limits, stop, threads, audio_thread), spec)
+    return cut_windows(decode(source, spec, limits, stop, threads), spec)
 
 
 # ------------------------------------------------------------------------------------------ windowed decoding
