@@ -39,11 +39,13 @@ def _bad_t(t_s: float, duration: float) -> RequestValidationError:
 
 def _response(manifest: Manifest, windows: Windows, maps: Heatmaps, logits: np.ndarray) -> LocalizationResponse:
     h, w = maps.maps.shape[1:]
+    # rounded in float64: a float32 rounded to 4 decimals is not a 4-decimal double (0.1235 -> 0.12349999696016312),
+    # and those 17-digit values had made the JSON about twice as long; one call for all frames, not one per frame
+    values = np.round(maps.maps.astype(np.float64), 4).tolist()
     frames = []
     for i, t in enumerate(maps.times_s):
         x, y = maps.peak(i)
-        frames.append(HeatmapFrame(t_s=round(float(t), 4), heatmap=np.round(maps.maps[i], 4).tolist(),
-                                   peak=Peak(x=x, y=y)))
+        frames.append(HeatmapFrame(t_s=round(float(t), 4), heatmap=values[i], peak=Peak(x=x, y=y)))
     return LocalizationResponse(model=ModelRef.of(manifest), duration_s=float(windows.duration_s),
                                 has_audio=windows.has_audio, sync_score=sync_score(logits),
                                 grid=Grid(height=h, width=w), frames=frames)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import re
 import sys
 from pathlib import Path
 
@@ -79,6 +80,10 @@ def test_json_heatmaps_for_the_whole_video(client, video_bytes):
         hm = np.array(f["heatmap"])
         y, x = np.unravel_index(hm.argmax(), hm.shape)
         assert (f["peak"]["x"], f["peak"]["y"]) == pytest.approx(((x + 0.5) / 16, (y + 0.5) / 16))
+    # values at 4 decimals in the JSON text itself (a float32 rounded to 4 decimals prints with 17 digits)
+    heatmaps = re.findall(rb'"heatmap":(\[\[[^"]*\]\])', r.content)
+    numbers = [n for text in heatmaps for n in re.findall(rb"-?\d+\.\d+(?:e-?\d+)?", text)]
+    assert len(heatmaps) == 8 and numbers and max(len(n.split(b".")[1]) for n in numbers) <= 4
 
 
 def test_refine_false_serves_the_cam_on_its_own_grid(client, video_bytes):
