@@ -40,7 +40,7 @@ def _bad_t(t_s: float, duration: float) -> RequestValidationError:
 def _response(manifest: Manifest, windows: Windows, maps: Heatmaps, logits: np.ndarray) -> LocalizationResponse:
     h, w = maps.maps.shape[1:]
     # rounded in float64: a float32 rounded to 4 decimals is not a 4-decimal double (0.1235 -> 0.12349999696016312),
-    # and those 17-digit values had made the JSON about twice as long; one call for all frames, not one per frame
+    # and those 17-digit values had made the JSON nearly three times as long; one call for all frames, not one per frame
     values = np.round(maps.maps.astype(np.float64), 4).tolist()
     frames = []
     for i, t in enumerate(maps.times_s):
