@@ -64,11 +64,11 @@ RECORDED_OPTIONS = {"engines": ("klettres",), "n_utts": 40}  # as `voices --engi
 # each warm-started from the one before: the synthesised speech library, the recorded readers added, trained on
 # with the SI-SDR loss and a wider range of levels, with one game's acted dialogue added, then on at half the rate
 # with a second game's too, its best step picked on held-out acted speech, then on with twice as many acted clips,
-# then on with a third batch of them in place of the first. The last is shipped.
+# then on with a third batch of them in place of the first, and a fourth in place of the second. The last is shipped.
 SEPARATION_SPEECH_STAGES = (("speech", "separation_speech.yaml"), ("recorded", "separation_speech_recorded.yaml"),
                             ("sisdr", "separation_speech_sisdr.yaml"), ("talkie", "separation_speech_talkie.yaml"),
                             ("acted2", "separation_speech_acted2.yaml"), ("acted3", "separation_speech_acted3.yaml"),
-                            ("acted4", "separation_speech_acted4.yaml"))
+                            ("acted4", "separation_speech_acted4.yaml"), ("acted5", "separation_speech_acted5.yaml"))
 
 
 def build_separation(root: Path, cache_dir: str, checkpoint: str | Path | None = None) -> None:
