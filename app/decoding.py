@@ -178,11 +178,13 @@ class DecodePool:
         future.add_done_callback(give_back)
         waiting = asyncio.wrap_future(future)
         try:
+            if should_stop is None:  # nothing to poll: cancellation and the deadline stop it without us
+                return await waiting
             while True:
                 done, _ = await asyncio.wait({waiting}, timeout=POLL_S)
                 if done:
                     return waiting.result()
-                if should_stop is not None and should_stop():
+                if should_stop():
                     self._flags[slot] = 1
         except asyncio.CancelledError:
             self._flags[slot] = 1
